@@ -1,0 +1,54 @@
+"""Packaging for anytext2-diffusers (src layout)."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "torch>=2.1,<3",
+    "diffusers>=0.31,<1",
+    "accelerate>=1.0,<2",
+    "transformers>=4.44,<6",
+    "peft>=0.13,<1",
+    "datasets>=3.0,<6",
+    "safetensors>=0.4,<1",
+    "huggingface_hub>=0.25,<3",
+    "opencv-python-headless>=4.8",
+    "pillow>=10,<14",
+    "numpy>=1.24,<3",
+    "pyyaml>=6",
+    "tensorboard>=2.14,<3",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    # PP-OCRv3 real weights ship inside rapidocr-onnxruntime; onnx/onnxruntime read and check them.
+    "ocr": ["rapidocr-onnxruntime==1.2.3", "onnx>=1.15", "onnxruntime>=1.17"],
+    # Traditional/simplified Chinese split of the dataset (pure-Python OpenCC).
+    "data": ["opencc-python-reimplemented>=0.1.7"],
+    "eval": ["scipy>=1.10"],
+    "wandb": ["wandb"],
+}
+EXTRAS["test"] = sorted(
+    set(EXTRAS["ocr"] + EXTRAS["data"] + EXTRAS["eval"] + ["pytest>=7", "pytest-timeout>=2"])
+)
+EXTRAS["dev"] = sorted(set(EXTRAS["test"] + ["ruff>=0.4"]))
+
+setup(
+    name="anytext2-diffusers",
+    version="0.1.0",
+    description="AnyText2 (multilingual visual text generation and editing) training suite on diffusers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    package_data={"anytext2_diffusers": ["configs/**/*", "assets/**/*"]},
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "anytext2-demo=anytext2_diffusers.cli:demo_main",
+        ]
+    },
+)

@@ -1,0 +1,116 @@
+"""Tiny, offline, randomly initialised components with the SD1.5 block structure.
+
+One factory for every test, the demo and users' own CI. The shapes follow the parity pack's tiny
+model (channels 32/32/64/64, 2 heads, context 32) so a single tiny shape serves every check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TINY_CHANNELS = (32, 32, 64, 64)
+TINY_CONTEXT_DIM = 32
+TINY_HEADS = 2
+PLACEHOLDER = "*"
+
+
+def tiny_unet_config() -> dict:
+    """SD1.5's UNet block layout (3 cross-attn down blocks + 1 plain, mirrored up, 2 layers each)."""
+    return dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=TINY_CHANNELS,
+        layers_per_block=2,
+        attention_head_dim=TINY_HEADS,  # SD1.5 (legacy naming): this is the number of heads
+        cross_attention_dim=TINY_CONTEXT_DIM,
+        norm_num_groups=32,
+    )
+
+
+def tiny_vae_config() -> dict:
+    """4 levels so that latent = image / 8 as in SD1.5."""
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=TINY_CHANNELS,
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+
+
+def tiny_text_encoder_config(vocab_size: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TINY_CONTEXT_DIM,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A character-level CLIP tokenizer built in code: every printable ASCII character is a token
+    (with and without ``</w>``), there are no merges, so ``*`` is always exactly one token."""
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(vocab, f)
+        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(
+            os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), model_max_length=77
+        )
+    return tokenizer
+
+
+def sd15_scheduler() -> DDPMScheduler:
+    """The training scheduler with SD1.5's betas (scaled linear 0.00085 -> 0.012, 1000 steps)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+        steps_offset=1,
+    )
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """Build ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` offline.
+
+    Weights are random but deterministic in ``seed``; everything is float32 on the CPU.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**tiny_unet_config())
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**tiny_vae_config())
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(tiny_text_encoder_config(len(tokenizer)))
+    for model in (unet, vae, text_encoder):
+        model.eval()
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sd15_scheduler())
