@@ -46,9 +46,4 @@ setup(
     package_data={"anytext2_diffusers": ["configs/**/*", "assets/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={
-        "console_scripts": [
-            "anytext2-demo=anytext2_diffusers.cli:demo_main",
-        ]
-    },
 )

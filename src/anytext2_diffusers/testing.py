@@ -80,9 +80,7 @@ def tiny_tokenizer() -> CLIPTokenizer:
             json.dump(vocab, f)
         with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(
-            os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), model_max_length=77
-        )
+        tokenizer = CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"), model_max_length=77)
     return tokenizer
 
 

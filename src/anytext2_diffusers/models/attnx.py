@@ -19,7 +19,8 @@ is ``up_blocks[num_levels - 1 - l]``: the reference default is the mid block + `
 
 from __future__ import annotations
 
-from typing import Iterator
+import weakref
+from collections.abc import Iterator
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention
@@ -48,8 +49,12 @@ class AttnXLayer(nn.Module):
 
 
 def _block_layout(
-    block_out_channels: tuple[int, ...], layers_per_block: int, mid_block: bool, up_blocks: tuple[int, ...],
-    down_blocks: tuple[int, ...], transformer_layers_per_block: int,
+    block_out_channels: tuple[int, ...],
+    layers_per_block: int,
+    mid_block: bool,
+    up_blocks: tuple[int, ...],
+    down_blocks: tuple[int, ...],
+    transformer_layers_per_block: int,
 ) -> list[tuple[str, int]]:
     """(UNet module path of a BasicTransformerBlock, channels) for every block that gets AttnX."""
     n = len(block_out_channels)
@@ -103,7 +108,11 @@ class AnyText2AttnXModel(ModelMixin, ConfigMixin):
         n = len(block_out_channels)
         heads = attention_head_dim if not isinstance(attention_head_dim, int) else (attention_head_dim,) * n
         self.layout = _block_layout(
-            tuple(block_out_channels), layers_per_block, in_mid_block, tuple(in_up_blocks), tuple(in_down_blocks),
+            tuple(block_out_channels),
+            layers_per_block,
+            in_mid_block,
+            tuple(in_up_blocks),
+            tuple(in_down_blocks),
             transformer_layers_per_block,
         )
         for path, channels in self.layout:
@@ -111,7 +120,7 @@ class AnyText2AttnXModel(ModelMixin, ConfigMixin):
             _nested_set(self, path, AttnXLayer(channels, heads[level], cross_attention_dim, upcast_attention))
         self.scale = scale
         self._handles: list = []
-        self._attached_to = None
+        self._attached_ref = None  # weakref: the UNet must not become a submodule of AttnX
         self._call_scale: float | None = None
 
     # -- construction ---------------------------------------------------------------------------------
@@ -124,7 +133,7 @@ class AnyText2AttnXModel(ModelMixin, ConfigMixin):
         in_down_blocks: tuple[int, ...] = (),
         scale: float = 1.0,
         load_weights_from_unet: bool = True,
-    ) -> "AnyText2AttnXModel":
+    ) -> AnyText2AttnXModel:
         """AttnX for ``unet``; as in AnyText2's ``tool_add_anytext.py``, ``attn1x``/``attn2x`` start as
         copies of the block's ``attn1``/``attn2``."""
         cfg = unet.config
@@ -153,10 +162,14 @@ class AnyText2AttnXModel(ModelMixin, ConfigMixin):
 
     # -- attach / detach ------------------------------------------------------------------------------
     @property
-    def is_attached(self) -> bool:
-        return self._attached_to is not None
+    def attached_unet(self):
+        return self._attached_ref() if self._attached_ref is not None else None
 
-    def attach(self, unet) -> "AnyText2AttnXModel":
+    @property
+    def is_attached(self) -> bool:
+        return self.attached_unet is not None
+
+    def attach(self, unet) -> AnyText2AttnXModel:
         """Hook the AttnX layers into ``unet``'s transformer blocks (no module or key of the UNet changes).
 
         ``unet(..., cross_attention_kwargs={"attnx_scale": s})`` overrides ``self.scale`` for one call.
@@ -168,7 +181,9 @@ class AnyText2AttnXModel(ModelMixin, ConfigMixin):
             try:
                 block = unet.get_submodule(path)
             except AttributeError as err:
-                raise ValueError(f"UNet has no transformer block {path!r}: AttnX config does not fit this UNet") from err
+                raise ValueError(
+                    f"UNet has no transformer block {path!r}: AttnX config does not fit this UNet"
+                ) from err
             if getattr(block, "norm_type", "layer_norm") != "layer_norm" or block.attn2 is None:
                 raise ValueError(f"{path}: AttnX needs a layer-norm block with cross-attention")
             state: dict = {}
@@ -176,17 +191,17 @@ class AnyText2AttnXModel(ModelMixin, ConfigMixin):
             self._handles.append(
                 block.attn2.register_forward_hook(self._make_attn2_hook(block, layer, state), with_kwargs=True)
             )
-        self._attached_to = unet
+        self._attached_ref = weakref.ref(unet)
         return self
 
-    def detach(self, unet=None) -> "AnyText2AttnXModel":
+    def detach(self, unet=None) -> AnyText2AttnXModel:
         """Remove every hook; the UNet is then exactly the stock model again."""
-        if unet is not None and self._attached_to is not None and unet is not self._attached_to:
+        if unet is not None and self.is_attached and unet is not self.attached_unet:
             raise ValueError("AttnX is attached to another UNet")
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._attached_to = None
+        self._attached_ref = None
         return self
 
     # -- hooks ----------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from torch import nn
 
 @dataclass
 class AnyText2ControlNetOutput(BaseOutput):
-    """Residuals for ``UNet2DConditionModel(down_block_additional_residuals=..., mid_block_additional_residual=...)``."""
+    """Residuals to pass to ``UNet2DConditionModel`` as ``down_block_additional_residuals`` and
+    ``mid_block_additional_residual``."""
 
     down_block_res_samples: tuple[torch.Tensor, ...]
     mid_block_res_sample: torch.Tensor
@@ -116,7 +117,9 @@ class AnyText2ControlNetModel(ModelMixin, ConfigMixin):
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=act_fn)
 
         self.down_blocks = nn.ModuleList()
-        self.controlnet_down_blocks = nn.ModuleList([zero_module(nn.Conv2d(block_out_channels[0], block_out_channels[0], 1))])
+        self.controlnet_down_blocks = nn.ModuleList(
+            [zero_module(nn.Conv2d(block_out_channels[0], block_out_channels[0], 1))]
+        )
         output_channel = block_out_channels[0]
         for i, down_block_type in enumerate(down_block_types):
             input_channel = output_channel
@@ -172,7 +175,7 @@ class AnyText2ControlNetModel(ModelMixin, ConfigMixin):
         glyph_scale: int = 1,
         fast_control: bool = True,
         load_weights_from_unet: bool = True,
-    ) -> "AnyText2ControlNetModel":
+    ) -> AnyText2ControlNetModel:
         """Build WriteNet for ``unet`` as AnyText2's ``tool_add_anytext.py`` does: ``conv_in``, the time
         embedding, the down blocks and the mid block are copies of the UNet's; the zero convs and the
         fuse conv start at zero; the glyph and position encoders keep their random initialisation."""
@@ -202,9 +205,7 @@ class AnyText2ControlNetModel(ModelMixin, ConfigMixin):
                 getattr(model, name).load_state_dict(getattr(unet, name).state_dict())
         return model if model.dtype == unet.dtype else model.to(dtype=unet.dtype)
 
-    def encode_hint(
-        self, glyphs: torch.Tensor, positions: torch.Tensor, masked_latents: torch.Tensor
-    ) -> torch.Tensor:
+    def encode_hint(self, glyphs: torch.Tensor, positions: torch.Tensor, masked_latents: torch.Tensor) -> torch.Tensor:
         """Fuse glyphs, positions and the masked latent into the feature map added after ``conv_in``.
 
         ``glyphs`` (B, C, gH, gW) is binarised over its channels (any non-zero pixel is ink), so per-line

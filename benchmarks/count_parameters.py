@@ -1,0 +1,65 @@
+"""Parameter counts of WriteNet and AttnX at the full SD1.5 size (built on the meta device, no download).
+
+With ``--parity_dir`` the tiny model's counts are also checked key by key against the reference state
+dict of the parity pack (``state_dict_keys.txt``). Last line: one JSON object.
+
+    python benchmarks/count_parameters.py [--parity_dir ../shared/parity]
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from anytext2_diffusers import AnyText2AttnXModel, AnyText2ControlNetModel
+from anytext2_diffusers.configs import sd15_config
+from anytext2_diffusers.testing import tiny_unet_config
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def counts_for(unet_config: dict) -> dict:
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**unet_config)
+        writenet = AnyText2ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        attnx = AnyText2AttnXModel.from_unet(unet, load_weights_from_unet=False)
+    return {"unet": count(unet), "writenet": count(writenet), "attnx": count(attnx)}
+
+
+def reference_counts(parity_dir: Path) -> dict:
+    """Parameter counts per reference sub-model, from the pack's key/shape listing."""
+    totals = {"writenet": 0, "attnx": 0}
+    for line in (parity_dir / "state_dict_keys.txt").read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        n = math.prod(json.loads(shape))
+        if key.startswith("control_model."):
+            totals["writenet"] += n
+        elif key.startswith("model.diffusion_model.") and (".attn1x." in key or ".attn2x." in key):
+            totals["attnx"] += n
+    return totals
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parity_dir", type=Path, default=None)
+    args = parser.parse_args()
+    config = {k: v for k, v in sd15_config("unet").items() if not k.startswith("_")}
+    result = {"sd15": counts_for(config)}
+    for name, value in result["sd15"].items():
+        print(f"SD1.5 {name:9s} {value / 1e6:8.2f} M parameters")
+    if args.parity_dir:
+        tiny, ref = counts_for(tiny_unet_config()), reference_counts(args.parity_dir)
+        result["tiny"], result["tiny_reference"] = tiny, ref
+        for name in ("writenet", "attnx"):
+            status = "equal" if tiny[name] == ref[name] else "DIFFERENT"
+            print(f"tiny  {name:9s} ours {tiny[name]:>9d}  reference {ref[name]:>9d}  {status}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
