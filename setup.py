@@ -1,6 +1,6 @@
 """Packaging for anytext2-diffusers (src layout)."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 CORE = [
     "torch>=2.1,<3",
@@ -41,7 +41,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     package_dir={"": "src"},
-    packages=find_packages("src"),
+    packages=find_namespace_packages("src", include=["anytext2_diffusers*"]),
     include_package_data=True,
     package_data={"anytext2_diffusers": ["configs/**/*", "assets/**/*"]},
     install_requires=CORE,
