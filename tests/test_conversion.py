@@ -115,3 +115,40 @@ def test_checkpoint_files_load(tmp_path):
     assert torch.equal(load_state_dict_file(tmp_path / "m.safetensors")["a.weight"], state["a.weight"])
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         load_state_dict_file(tmp_path / "missing.ckpt")
+
+
+def test_from_sd15_single_file_initialises_like_tool_add_anytext(tiny, tmp_path):
+    from anytext2_diffusers.conversion.sd15 import init_anytext2_blocks, load_sd15_components
+    from anytext2_diffusers.conversion.to_original import diffusers_to_original_mapping
+
+    cfg = tiny_original_config()
+    # A single-file SD1.5 checkpoint of the tiny stack: stock UNet + VAE + CLIP keys in ldm naming.
+    mapping = diffusers_to_original_mapping(cfg)
+    sd15 = {}
+    for name in ("unet", "vae"):
+        state = tiny[name].state_dict()
+        for key, (ldm_key, shape) in mapping[name].items():
+            sd15[ldm_key] = state[key].reshape(shape).contiguous()
+    for key, value in tiny["text_encoder"].state_dict().items():
+        sd15["cond_stage_model.transformer.text_model." + key] = value
+    save_file(sd15, tmp_path / "sd15.safetensors")
+    tiny["tokenizer"].save_pretrained(tmp_path / "clip")
+    tiny["text_encoder"].config.save_pretrained(tmp_path / "clip")
+
+    parts = load_sd15_components(tmp_path / "sd15.safetensors", cfg, clip_model_name_or_path=tmp_path / "clip")
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = tiny[name].state_dict(), parts[name].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    blocks = init_anytext2_blocks(parts["unet"], cfg)
+    writenet, attnx = blocks["controlnet"], blocks["attnx"]
+    unet = parts["unet"]
+    assert torch.equal(
+        writenet.down_blocks[2].attentions[1].proj_in.weight, unet.down_blocks[2].attentions[1].proj_in.weight
+    )
+    assert torch.equal(writenet.mid_block.resnets[1].conv2.weight, unet.mid_block.resnets[1].conv2.weight)
+    assert all(p.abs().sum() == 0 for p in writenet.controlnet_down_blocks.parameters())
+    assert writenet.fuse_block.weight.abs().sum() == 0 and writenet.controlnet_mid_block.weight.abs().sum() == 0
+    layer = attnx.get_submodule("up_blocks.2.attentions.1.transformer_blocks.0")
+    block = unet.get_submodule("up_blocks.2.attentions.1.transformer_blocks.0")
+    assert torch.equal(layer.attn2x.to_k.weight, block.attn2.to_k.weight)
+    assert torch.equal(layer.attn1x.to_out[0].bias, block.attn1.to_out[0].bias)
