@@ -33,7 +33,7 @@ def to_chw_tensor(crop) -> torch.Tensor:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"array crops must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr[:, :, :3])).permute(2, 0, 1).float()
+    return torch.from_numpy(np.array(arr[:, :, :3], dtype=np.float32)).permute(2, 0, 1)
 
 
 def rotate_if_vertical(crop: torch.Tensor) -> torch.Tensor:
