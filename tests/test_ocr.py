@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from anytext2_diffusers.models.ocr import (  # noqa: E402
+from anytext2_diffusers.models.ocr import (
     OCRConversionError,
     PPOCRRecognizer,
     convert_onnx,
@@ -35,7 +35,7 @@ from anytext2_diffusers.models.ocr import (  # noqa: E402
     texts_to_labels,
     umeyama_similarity,
 )
-from anytext2_diffusers.models.ocr import convert as convert_mod  # noqa: E402
+from anytext2_diffusers.models.ocr import convert as convert_mod
 
 FONT_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "src/anytext2_diffusers/assets/fonts"
 LATIN_FONTS = ("NotoSans-Regular.ttf", "DejaVuSans.ttf")
@@ -307,3 +307,18 @@ def test_ocr_line_losses_from_images(converted):
     assert same.perceptual.item() == 0 and same.weights.tolist() == [1.0]
     wrong = ocr_line_losses(recognizer, original, original, mask, [1], ["world"], ["Chinese"])
     assert wrong.ctc.item() > 10 * same.ctc.item()  # the CTC loss tells the right text from a wrong one
+
+
+def test_train_mode_matches_the_reference_style_encoder_behaviour():
+    """AnyText2 trains its font predictor in train mode: batch-statistics BatchNorm and active dropout."""
+    model = PPOCRRecognizer().train()
+    x = torch.rand(2, 3, 48, 320, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    before = model.backbone.conv1._batch_norm.running_mean.clone()
+    torch.manual_seed(0)
+    a = model(x).neck
+    torch.manual_seed(1)
+    b = model(x).neck
+    assert not torch.equal(a, b)  # dropout in the SVTR neck
+    assert not torch.equal(before, model.backbone.conv1._batch_norm.running_mean)
+    a.sum().backward()
+    assert model.backbone.conv1._conv.weight.grad.abs().sum() > 0  # use_guide does not stop gradients

@@ -50,13 +50,13 @@ def pack():
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(root / "anytext2_tiny_state_dict.safetensors").items()}
     meta = json.loads((root / "reference_meta.json").read_text())
     batch_np = np.load(root / "batch.npz")
-    return dict(
-        state=state,
-        ref=load_file(root / "reference_outputs.safetensors"),
-        meta=meta,
-        batch={k: batch_np[k] for k in batch_np.files},
-        batch_json=json.loads((root / "batch.json").read_text()),
-    )
+    return {
+        "state": state,
+        "ref": load_file(root / "reference_outputs.safetensors"),
+        "meta": meta,
+        "batch": {k: batch_np[k] for k in batch_np.files},
+        "batch_json": json.loads((root / "batch.json").read_text()),
+    }
 
 
 def _recognizer(pack, prefix):

@@ -7,8 +7,8 @@ recognizer in eval mode for these losses; so should callers (``recognizer.eval()
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
