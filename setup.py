@@ -27,9 +27,7 @@ EXTRAS = {
     "eval": ["scipy>=1.10"],
     "wandb": ["wandb"],
 }
-EXTRAS["test"] = sorted(
-    set(EXTRAS["ocr"] + EXTRAS["data"] + EXTRAS["eval"] + ["pytest>=7", "pytest-timeout>=2"])
-)
+EXTRAS["test"] = sorted(set(EXTRAS["ocr"] + EXTRAS["data"] + EXTRAS["eval"] + ["pytest>=7", "pytest-timeout>=2"]))
 EXTRAS["dev"] = sorted(set(EXTRAS["test"] + ["ruff>=0.4"]))
 
 setup(
@@ -46,4 +44,9 @@ setup(
     package_data={"anytext2_diffusers": ["configs/**/*", "assets/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "anytext2-convert-ocr=anytext2_diffusers.models.ocr.convert:main",
+        ]
+    },
 )
