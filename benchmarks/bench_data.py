@@ -10,6 +10,7 @@ reference train.py's (DataConfig defaults). The last line printed is one JSON ob
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -64,6 +65,7 @@ def main():
     }
     print(f"1 process: {one_proc:.1f} samples/s; DataLoader({a.num_workers} workers): {loader:.1f} samples/s; "
           f"{nbytes / count / 2**20:.2f} MiB/sample")
+    shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
 
 

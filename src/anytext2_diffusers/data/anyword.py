@@ -251,14 +251,16 @@ def export_parquet(dataset_dict, output_dir: str | None = None, *, embed_images:
         if embed_images:
             ds = ds.map(embed_image_bytes, features=ds.features, desc=f"embedding {split} images")
         if push_to_hub:
-            ds.push_to_hub(push_to_hub, split=split, private=private)
+            # images are embedded above when asked; datasets' own embedding would fail on a missing file
+            ds.push_to_hub(push_to_hub, split=split, private=private, embed_external_files=False)
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
             n = max(1, math.ceil(len(ds) / max_rows_per_shard))
             paths = []
             for i in range(n):
                 p = os.path.join(output_dir, f"{split}-{i:05d}-of-{n:05d}.parquet")
-                ds.shard(n, i, contiguous=True).to_parquet(p)
+                # an explicit batch size skips datasets' size estimate, which stats every image path
+                ds.shard(n, i, contiguous=True).to_parquet(p, batch_size=1000)
                 paths.append(p)
             written[split] = paths
     return written
