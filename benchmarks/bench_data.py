@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from anytext2_diffusers.data import AnyText2TrainDataset, Collator, DataConfig, load_anyword, make_demo_data  # noqa: E402
+from anytext2_diffusers.data import AnyText2TrainDataset, Collator, DataConfig, load_anyword, make_demo_data
 
 
 def main():

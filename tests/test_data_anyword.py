@@ -7,8 +7,14 @@ import datasets
 import numpy as np
 import pytest
 
-from anytext2_diffusers.data import (AnyText2TrainDataset, DataConfig, export_parquet, load_anyword, load_parquet,
-                                     make_demo_data)
+from anytext2_diffusers.data import (
+    AnyText2TrainDataset,
+    DataConfig,
+    export_parquet,
+    load_anyword,
+    load_parquet,
+    make_demo_data,
+)
 from anytext2_diffusers.data.anyword import AnnotationFileError
 
 

@@ -17,7 +17,8 @@ def test_make_demo_data_is_fast_and_well_formed(tmp_path, capsys):
     t = time.perf_counter()
     path = make_demo_data(str(tmp_path / "d"), 8, seed=0)
     assert time.perf_counter() - t < 5
-    content = json.load(open(path))
+    with open(path) as f:
+        content = json.load(f)
     assert len(content["data_list"]) == 8
     anns = [a for r in content["data_list"] for a in r["annotations"]]
     assert {a["language"] for a in anns} == {"Latin", "Chinese"}

@@ -10,8 +10,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from anytext2_diffusers.data import (AnyText2TrainDataset, Collator, DataConfig, EpochSampler, FaultCounter,
-                                     FontConfigError, FontRegistry, collate_samples)
+from anytext2_diffusers.data import (
+    AnyText2TrainDataset,
+    Collator,
+    DataConfig,
+    EpochSampler,
+    FaultCounter,
+    FontConfigError,
+    FontRegistry,
+    collate_samples,
+)
 from anytext2_diffusers.data.batch import pack_bits, unpack_bits
 from anytext2_diffusers.data.fonts import BUNDLED_FONT_DIR, load_font
 from anytext2_diffusers.data.render import render_polygons
@@ -74,7 +82,7 @@ def test_rotated_line():
 def test_vertical_cjk_line_and_traditional_split():
     s = render_one([row([ann(VERT, "欢迎光临", "Chinese"), ann(box(50, 400), "歡迎", "Chinese")])])
     assert sorted(zip(s.texts, s.languages)) == [("欢迎光临", "Chinese_sim"), ("歡迎", "Chinese_tra")]
-    ys, xs = np.nonzero(s.glyphs[:, 380:470])
+    ys, _ = np.nonzero(s.glyphs[:, 380:470])
     assert ys.max() - ys.min() > 200  # the vertical line's characters run down the box
 
 

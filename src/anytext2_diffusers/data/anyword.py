@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -53,7 +53,7 @@ def read_annotation_file(path: str | os.PathLike) -> dict:
     try:
         with open(path, "rb") as f:
             content = json.loads(f.read())
-    except Exception as e:  # noqa: BLE001 - reported with the file name
+    except Exception as e:
         raise AnnotationFileError(f"annotation file {path} is not readable JSON: {e}") from e
     if not isinstance(content, dict) or not isinstance(content.get("data_list"), list):
         raise AnnotationFileError(f"annotation file {path}: expected an object with a 'data_list' list")
