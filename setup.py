@@ -17,6 +17,7 @@ CORE = [
     "pyyaml>=6",
     "tensorboard>=2.14,<3",
     "tqdm>=4.60",
+    "fonttools>=4.40",
 ]
 
 EXTRAS = {
@@ -47,6 +48,9 @@ setup(
     entry_points={
         "console_scripts": [
             "anytext2-convert-ocr=anytext2_diffusers.models.ocr.convert:main",
+            "anytext2-export-dataset=anytext2_diffusers.data.cli:export_main",
+            "anytext2-make-demo-data=anytext2_diffusers.data.cli:make_demo_data_main",
+            "anytext2-preview-dataset=anytext2_diffusers.data.cli:preview_main",
         ]
     },
 )

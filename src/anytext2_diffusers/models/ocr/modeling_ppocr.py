@@ -101,8 +101,10 @@ class MobileNetV1Enhance(nn.Module):
 
     def __init__(self, in_channels=3, scale=0.5, last_conv_stride=(1, 2), last_pool_type="avg"):
         super().__init__()
+
         def s(c):
             return int(c * scale)
+
         self.conv1 = _BackboneConvBN(in_channels, s(32), 3, 2, 1)
         blocks = [_DepthwiseSeparable(s(i), s(m), s(o), st, k, se) for i, m, o, st, k, se in self.PLAN]
         blocks.append(_DepthwiseSeparable(s(1024), s(1024), s(1024), tuple(last_conv_stride), 5, True))
