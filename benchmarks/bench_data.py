@@ -69,7 +69,8 @@ def main():
         "cpu_threads": torch.get_num_threads(),
     }
     print(
-        f"1 process: {one_proc:.1f} samples/s ({cpu_ms:.1f} ms CPU/sample); DataLoader({a.num_workers} workers): {loader:.1f} samples/s; "
+        f"1 process: {one_proc:.1f} samples/s ({cpu_ms:.1f} ms CPU/sample); "
+        f"DataLoader({a.num_workers} workers): {loader:.1f} samples/s; "
         f"{nbytes / count / 2**20:.2f} MiB/sample"
     )
     shutil.rmtree(tmp, ignore_errors=True)

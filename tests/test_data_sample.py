@@ -342,7 +342,8 @@ def test_font_mapping_faults(tmp_path):
 def test_font_mapping_yaml_and_reference_keys(tmp_path):
     f = tmp_path / "fonts.yaml"
     f.write_text(
-        f"languages:\n  en: {{fonts: [{BUNDLED_FONT_DIR / 'DejaVuSans.ttf'}]}}\n  Chinese_sim: [NotoSansSC-Subset.otf]\n"
+        f"languages:\n  en: {{fonts: [{BUNDLED_FONT_DIR / 'DejaVuSans.ttf'}]}}\n"
+        "  Chinese_sim: [NotoSansSC-Subset.otf]\n"
     )
     reg = FontRegistry.from_path(f)
     assert reg.fonts_for("Latin") == ([str(BUNDLED_FONT_DIR / "DejaVuSans.ttf")], True)

@@ -1,20 +1,25 @@
-"""anytext2-diffusers: AnyText2 training, conversion, inference and evaluation on the Hugging Face stack."""
+"""anytext2-diffusers: AnyText2 training, conversion, inference and evaluation on the Hugging Face stack.
 
-from .models import (
-    AnyText2AttnXModel,
-    AnyText2ControlNetModel,
-    AnyText2ControlNetOutput,
-    PPOCRRecognizer,
-    PPOCRRecognizerOutput,
-)
+Top-level names are imported lazily so that light entry points (data tools, DataLoader workers) do not
+pay for importing diffusers.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AnyText2AttnXModel",
-    "AnyText2ControlNetModel",
-    "AnyText2ControlNetOutput",
-    "PPOCRRecognizer",
-    "PPOCRRecognizerOutput",
-    "__version__",
-]
+_LAZY = {
+    "AnyText2AttnXModel": "models",
+    "AnyText2ControlNetModel": "models",
+    "AnyText2ControlNetOutput": "models",
+    "PPOCRRecognizer": "models",
+    "PPOCRRecognizerOutput": "models",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -192,8 +192,7 @@ class AnyWord3M(datasets.GeneratorBasedBuilder):
         return out
 
     def _generate_examples(self, split):
-        for i, row in enumerate(self._records[split]):
-            yield i, row
+        yield from enumerate(self._records[split])
 
 
 def load_anyword(

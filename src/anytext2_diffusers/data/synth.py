@@ -199,8 +199,9 @@ def make_demo_data(
 ) -> str:
     """Write ``n`` images and an AnyWord-format annotation JSON into ``out_dir``; return the JSON path.
 
-    ``lines_per_image`` (min, max) text lines drawn per image (some may not fit). With ``with_faults`` a few broken records (missing/corrupt image, bad polygons, empty text, unknown
-    language, missing caption/colour, '*' in a caption) are appended.
+    ``lines_per_image`` (min, max) text lines drawn per image (some may not fit). With ``with_faults`` a
+    few broken records (missing/corrupt image, bad polygons, empty text, unknown language, missing
+    caption/colour, '*' in a caption) are appended.
     """
     img_dir = os.path.join(out_dir, "imgs")
     os.makedirs(img_dir, exist_ok=True)
