@@ -67,7 +67,7 @@ def _clip_parts(clip_model_name_or_path: str | Path | None, what: str):
 def _save_pipeline(parts: dict, output_dir: str | Path, dtype: torch.dtype) -> None:
     from ..pipelines import AnyText2Pipeline
 
-    for name, module in parts.items():
+    for module in parts.values():
         if isinstance(module, torch.nn.Module) and dtype != torch.float32:
             module.to(dtype)
     pipe = AnyText2Pipeline(**parts)
