@@ -14,6 +14,8 @@ _LAZY = {
     "AnyText2ControlNetOutput": "models",
     "PPOCRRecognizer": "models",
     "PPOCRRecognizerOutput": "models",
+    "AnyText2TextEmbeddingModel": "models",
+    "AnyText2CaptionEncoder": "models",
 }
 
 __all__ = [*_LAZY, "__version__"]
