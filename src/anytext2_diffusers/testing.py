@@ -112,3 +112,21 @@ def tiny_components(seed: int = 0) -> dict:
     for model in (unet, vae, text_encoder):
         model.eval()
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sd15_scheduler())
+
+
+def tiny_recognizer(seed: int = 0):
+    """A PP-OCRv3-shaped recognizer with random weights whose BatchNorm statistics were re-estimated on
+    random inputs: with the default 0/1 running statistics a random recognizer's outputs do not depend
+    on its input, which would make every OCR-based test vacuous. Real weights: ``models.ocr.convert_onnx``."""
+    from .models.ocr import PPOCRRecognizer
+
+    torch.manual_seed(seed)
+    model = PPOCRRecognizer()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.train()(torch.rand(4, 3, 48, 320, generator=generator) * 2 - 1)
+    return model.eval()
