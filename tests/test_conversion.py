@@ -8,11 +8,12 @@ from safetensors.torch import save_file
 
 from anytext2_diffusers import AnyText2AttnXModel, AnyText2ControlNetModel
 from anytext2_diffusers.configs import config_path
-from anytext2_diffusers.conversion.checkpoint_io import UnsafeCheckpointError, key_report, load_state_dict_file
 from anytext2_diffusers.conversion.original import build_diffusion_models
 from anytext2_diffusers.conversion.reference_layout import diffusion_layout
+from anytext2_diffusers.conversion.report import key_report
 from anytext2_diffusers.conversion.to_original import to_original_state_dict
 from anytext2_diffusers.testing import TINY_CHANNELS, TINY_CONTEXT_DIM, TINY_HEADS
+from anytext2_diffusers.utils.checkpoint_io import UnsafeCheckpointError, load_state_dict_file
 
 
 def tiny_original_config() -> dict:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..configs import sd15_config
-from .checkpoint_io import KeyReport, key_report, load_state_dict_file
+from ..utils.checkpoint_io import load_state_dict_file
 from .original import (
     EMBEDDING_PREFIX,
     OCR_PREFIX,
@@ -26,6 +26,7 @@ from .original import (
     upcast_floats,
 )
 from .reference_layout import diffusion_layout
+from .report import KeyReport, key_report
 from .sd15 import init_anytext2_blocks, load_original_config, load_sd15_components
 from .to_original import to_original_state_dict
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..configs import config_path, sd15_config
-from .checkpoint_io import load_state_dict_file
+from ..utils.checkpoint_io import load_state_dict_file
 from .original import (
     convert_text_encoder,
     convert_unet_and_attnx,

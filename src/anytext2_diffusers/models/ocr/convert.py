@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...utils.checkpoint_io import load_state_dict_file
 from .modeling_ppocr import PPOCRRecognizer
 from .vocab import build_character_list
 
@@ -276,22 +277,10 @@ def load_anytext2_ocr_state_dict(
 
 def read_state_dict_file(path) -> dict[str, torch.Tensor]:
     """``.safetensors`` or a torch pickle read with ``weights_only=True`` (a ``state_dict`` entry is unwrapped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise OCRConversionError(f"state dict file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise OCRConversionError(f"{path}: cannot be read with torch.load(weights_only=True): {err}") from err
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise OCRConversionError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return obj
+        return load_state_dict_file(path)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise OCRConversionError(str(err)) from err
 
 
 def recognizer_from_anytext2(
