@@ -62,6 +62,18 @@ def _long_side_angle(box: np.ndarray) -> float:
     return a
 
 
+def min_area_rect_4x(pts):
+    """cv2.minAreaRect in the OpenCV 4.5-4.x convention (angle in (0, 90]) the reference relies on.
+
+    Newer OpenCV reports the same rectangle with angle in [-90, 0) and width/height swapped; the
+    font-hint band starts from the end of the long axis that this convention picks.
+    """
+    c, (w, h), a = cv2.minAreaRect(pts)
+    if a < 0:
+        (w, h, a) = (w, h, 90.0) if a == -90 else (h, w, a + 90)
+    return c, (w, h), a
+
+
 def _insert_spaces(text: str, n: int) -> str:
     return (" " * n).join(text)
 
@@ -82,7 +94,8 @@ def _fit_font_size(font_path: str, text: str, max_dim: float, min_dim: float) ->
 def _spread_horizontal(font, text: str, max_dim: float, min_dim: float) -> str:
     """Insert the most equal spaces between letters that still fit (the reference tries 1..99).
 
-    Width grows monotonically with the number of spaces, so a binary search finds the same count.
+    Width grows monotonically with the number of spaces, so stepping from a linear estimate to the
+    largest count that fits gives the same answer with 2-3 bbox queries instead of up to 99.
     """
     if len(text) < 2:
         return text
@@ -93,14 +106,15 @@ def _spread_horizontal(font, text: str, max_dim: float, min_dim: float) -> str:
 
     if fits(99):
         return text  # the reference never breaks out of its loop and keeps the text unchanged
-    lo, hi = 1, 99  # find the first n that does not fit
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid + 1
-        else:
-            hi = mid
-    return _insert_spaces(text, lo - 1)
+    # answer = largest n in [0, 98] that fits; start from the linear estimate, then step to it
+    l, _, r, _ = font.getbbox(text)
+    adv = max(font.getlength(" "), 1e-3)
+    n = int(min(max((max_dim - (r - l)) // (adv * (len(text) - 1)), 0), 98))
+    while n < 98 and fits(n + 1):
+        n += 1
+    while n > 0 and not fits(n):
+        n -= 1
+    return _insert_spaces(text, n)
 
 
 def _paste_local(out: np.ndarray, local: np.ndarray, ox: int, oy: int) -> None:
@@ -349,7 +363,7 @@ def render_font_hint(
     x, y, w, h = cv2.boundingRect(pts)
     if w < 1 or h < 1:
         return
-    (center, (rw, rh), rangle) = cv2.minAreaRect(pts)
+    (center, (rw, rh), rangle) = min_area_rect_4x(pts)
     crop = np.ascontiguousarray(image[y : y + h, x : x + w])
     if randaug:
         crop = _augment_crop(crop, draws)

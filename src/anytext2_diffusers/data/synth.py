@@ -83,10 +83,10 @@ def _draw_line(im, rng, text, font_path, color, vertical, occupied, size):
     return corners
 
 
-def make_record(rng, size, img_name, out_dir, max_text_lines=7):
+def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0):
     im = _background(rng, size)
     occupied, anns, words = [], [], []
-    n = int(rng.integers(0, max_text_lines + 1)) if rng.random() < 0.9 else 0
+    n = int(rng.integers(min_text_lines, max_text_lines + 1)) if rng.random() < 0.9 or min_text_lines else 0
     for _ in range(n):
         kind = rng.random()
         vertical = False
@@ -141,16 +141,17 @@ def _fault_records(out_dir, size):
 
 
 def make_demo_data(out_dir: str, n: int = 8, seed: int = 0, resolution: int = 512, with_faults: bool = False,
-                   json_name: str = "data_v1.2b.json") -> str:
+                   json_name: str = "data_v1.2b.json", lines_per_image: tuple = (0, 7)) -> str:
     """Write ``n`` images and an AnyWord-format annotation JSON into ``out_dir``; return the JSON path.
 
-    With ``with_faults`` a few broken records (missing/corrupt image, bad polygons, empty text, unknown
+    ``lines_per_image`` (min, max) text lines drawn per image (some may not fit). With ``with_faults`` a few broken records (missing/corrupt image, bad polygons, empty text, unknown
     language, missing caption/colour, '*' in a caption) are appended.
     """
     img_dir = os.path.join(out_dir, "imgs")
     os.makedirs(img_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
-    data = [make_record(rng, resolution, f"{i:06d}.jpg", img_dir) for i in range(n)]
+    lo, hi = lines_per_image
+    data = [make_record(rng, resolution, f"{i:06d}.jpg", img_dir, hi, lo) for i in range(n)]
     if with_faults:
         data += _fault_records(img_dir, resolution)
     path = os.path.join(out_dir, json_name)
