@@ -182,13 +182,11 @@ class AnyText2Pipeline(DiffusionPipeline):
             return None
         return self.text_embedding.encode_batch(batch, ocr=self.ocr, font_hint_crops=font_hint_crops)
 
-    def encode_vae(self, images: torch.Tensor, generator=None) -> torch.Tensor:
-        """[-1, 1] images -> scaled latents; a sample of the posterior, as the reference's
-        ``get_first_stage_encoding``."""
+    def encode_vae(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images -> scaled latents. The posterior's mean: the reference draws a sample, whose spread is
+        negligible for SD's VAE; the mean keeps conditions independent of the generator and of batching."""
         dist = self.vae.encode(images.to(self.vae.device, self.vae.dtype)).latent_dist
-        if isinstance(generator, list):
-            generator = generator[0]
-        return dist.sample(generator) * self.vae.config.scaling_factor
+        return dist.mode() * self.vae.config.scaling_factor
 
     # ------------------------------------------------------------------------------------------------
     # WriteNet
@@ -438,7 +436,7 @@ class AnyText2Pipeline(DiffusionPipeline):
         rep = lambda x: x.repeat_interleave(n, dim=0)  # noqa: E731 - one row per generated image
         glyphs = rep(batch.glyphs.to(device, dtype))
         positions = rep(batch.position.any(dim=1).to(device, dtype))  # union of line positions, clipped at 1
-        masked_latents = rep(self.encode_vae(batch.masked_image_float().to(device), generator).to(dtype))
+        masked_latents = rep(self.encode_vae(batch.masked_image_float().to(device)).to(dtype))
         image_ctx, text_ctx = rep(image_ctx), rep(text_ctx)
         if do_cfg:
             uncond_image_ctx, uncond_text_ctx = rep(uncond_image_ctx), rep(uncond_text_ctx)
@@ -459,7 +457,7 @@ class AnyText2Pipeline(DiffusionPipeline):
             edit = batch.edit_mask.float().to(device)
             edit_mask = rep(F.max_pool2d(edit, self.vae_scale_factor)).to(dtype)
             edit_mask = torch.where(rep(batch.edit_mode.to(device)).view(-1, 1, 1, 1), edit_mask, 1.0)
-            image_latents = rep(self.encode_vae(batch.image_float().to(device), generator).to(dtype))
+            image_latents = rep(self.encode_vae(batch.image_float().to(device)).to(dtype))
             keep_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
         # 5. WriteNet: with fast control its residuals depend on the text conditions only -> once per branch
