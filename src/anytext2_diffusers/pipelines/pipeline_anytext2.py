@@ -32,6 +32,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..data.batch import Batch
 from ..models.attnx import AnyText2AttnXModel
+from ..models.conditioning import AnyText2CaptionEncoder
 from ..models.writenet import AnyText2ControlNetModel
 from . import inputs as I
 
@@ -47,7 +48,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "low-res, bad anatomy, extra digit, fewer digits, cropped, worst quality, low quality, watermark, unreadable"
     " text, messy words, distorted text, disorganized writing, advertising picture"
 )
-CHUNK = 75  # CLIP tokens per chunk of the image caption (77 with BOS/EOS)
 
 
 @dataclass
@@ -124,63 +124,48 @@ class AnyText2Pipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------
     # encoding
     # ------------------------------------------------------------------------------------------------
-    def _clip(self, input_ids: torch.Tensor, line_embeds: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """CLIP last hidden state; rows of ``line_embeds`` replace the token embeddings of ``*`` in order."""
-        device = self.text_encoder.device
-        input_ids = input_ids.to(device)
-        if not line_embeds:
-            return self.text_encoder(input_ids)[0]
-        placeholder = self.tokenizer(I.PLACEHOLDER, add_special_tokens=False).input_ids[0]
-        token_embedding = self.text_encoder.get_input_embeddings()
+    def encode_prompt(self, image_captions, text_captions=None, line_embeds=None, n_lines=None):
+        """(image context (B, 77*k, D) for UNet/AttnX, text context (B, 77, D) or None for WriteNet).
 
-        def substitute(module, args, output):
-            output = output.clone()
-            for b, emb in enumerate(line_embeds):
-                idx = (input_ids[b] == placeholder).nonzero().flatten()
-                k = min(len(idx), len(emb))
-                output[b, idx[:k]] = emb[:k].to(output.dtype)
-            return output
-
-        handle = token_embedding.register_forward_hook(substitute)
-        try:
-            return self.text_encoder(input_ids)[0]
-        finally:
-            handle.remove()
-
-    def encode_image_caption(self, captions: Sequence[str]) -> torch.Tensor:
-        """(B, 77*k, D): captions of any length in chunks of 75 tokens, each with BOS/EOS, concatenated
-        (reference ``FrozenCLIPEmbedderT3.split_chunks``)."""
-        ids = self.tokenizer(list(captions), truncation=False, padding="longest", return_tensors="pt").input_ids
-        bos, eos = ids[:, :1], ids[:, -1:]
-        body = ids[:, 1:-1]
-        n_chunks = max(1, -(-body.shape[1] // CHUNK))
-        pad = n_chunks * CHUNK - body.shape[1]
-        body = torch.cat([body, eos.expand(-1, pad)], dim=1)
-        chunks = [torch.cat([bos, body[:, i * CHUNK : (i + 1) * CHUNK], eos], dim=1) for i in range(n_chunks)]
-        return torch.cat([self._clip(c) for c in chunks], dim=1)
-
-    def encode_text_caption(self, captions: Sequence[str], line_embeds: list[torch.Tensor] | None) -> torch.Tensor:
-        """(B, 77, D): the text caption (truncated to 77 tokens) with each ``*`` replaced by its line's embedding."""
-        ids = self.tokenizer(
-            list(captions),
-            truncation=True,
-            max_length=self.tokenizer.model_max_length,
-            padding="max_length",
-            return_tensors="pt",
-        ).input_ids
-        return self._clip(ids, line_embeds)
-
-    def encode_lines(self, batch: Batch, font_hint_crops=None) -> list[torch.Tensor] | None:
-        """Per-sample (n_lines, D) line embeddings from the text embedding model, or None without one.
-
-        The single place that talks to ``text_embedding``; see docs/pipeline.md for its status.
+        ``*`` placeholders take the line embeddings in order (``AnyText2CaptionEncoder``); image captions are
+        encoded in 75-token chunks, so they may be of any length.
         """
+        encoder = AnyText2CaptionEncoder(self.tokenizer, self.text_encoder, placeholder=I.PLACEHOLDER, freeze=False)
+        out = encoder(
+            list(image_captions), None if text_captions is None else list(text_captions), line_embeds, n_lines
+        )
+        return out.image_context, out.text_context
+
+    def encode_lines(self, batch: Batch, font_hint_crops=None):
+        """(line_embeds (N, D), n_lines (B,)) from ``text_embedding`` with the ``ocr`` glyph recognizer;
+        (None, None) for a pipeline without a text embedding (placeholders keep their CLIP token)."""
         if self.text_embedding is None:
             if not self._warned_no_text_embedding:
                 logger.warning("AnyText2Pipeline has no text_embedding: '*' placeholders keep their CLIP embedding")
                 self._warned_no_text_embedding = True
-            return None
-        return self.text_embedding.encode_batch(batch, ocr=self.ocr, font_hint_crops=font_hint_crops)
+            return None, None
+        if self.ocr is None:
+            raise ValueError("the text embedding needs the glyph recognizer: the pipeline's `ocr` component is None")
+        device = self.text_embedding.device
+        crops = None
+        if font_hint_crops is not None:  # bool stroke masks -> (3, h, w) 0..255, the text embedding's crop format
+            crops = [
+                [
+                    None if c is None else torch.from_numpy(c).to(device, torch.float32).mul(255).expand(3, -1, -1)
+                    for c in row
+                ]
+                for row in font_hint_crops
+            ]
+        out = self.text_embedding(
+            glyph_line=batch.glyph_line.to(device),
+            position=batch.position.to(device),
+            font_hint=batch.font_hint.to(device),
+            color=batch.color.to(device, torch.float32),
+            n_lines=batch.n_lines,
+            glyph_recognizer=self.ocr,
+            font_crops=crops,
+        )
+        return out.line_embeds, out.n_lines
 
     def encode_vae(self, images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images -> scaled latents. The posterior's mean: the reference draws a sample, whose spread is
@@ -423,13 +408,11 @@ class AnyText2Pipeline(DiffusionPipeline):
         # 2. encode captions and lines (reference: cond = caption + ", " + added prompt and the text caption;
         #    uncond = negative prompt and an empty text caption, same glyphs/positions)
         captions = [f"{c}, {added_prompt}" if added_prompt else c for c in batch.image_caption]
-        image_ctx = self.encode_image_caption(captions)
-        line_embeds = self.encode_lines(batch.to(device), font_hint_crops)
-        text_ctx = self.encode_text_caption(batch.text_caption, line_embeds)
+        line_embeds, n_lines = self.encode_lines(batch, font_hint_crops)
+        image_ctx, text_ctx = self.encode_prompt(captions, batch.text_caption, line_embeds, n_lines)
         if do_cfg:
             neg = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * B
-            uncond_image_ctx = self.encode_image_caption(neg)
-            uncond_text_ctx = self.encode_text_caption([""] * B, None)
+            uncond_image_ctx, uncond_text_ctx = self.encode_prompt(neg, [""] * B)
 
         # 3. rendered conditions -> tensors; masked latents
         dtype = self.unet.dtype
