@@ -295,7 +295,17 @@ def test_save_pretrained_from_pretrained_round_trip(pipe, tmp_path):
     assert index["controlnet"] == ["anytext2_diffusers.models.writenet", "AnyText2ControlNetModel"]
     assert index["attnx"] == ["anytext2_diffusers.models.attnx", "AnyText2AttnXModel"]
     assert index["_class_name"] == "AnyText2Pipeline"
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "controlnet", "attnx", "scheduler"):
+    for sub in (
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "controlnet",
+        "attnx",
+        "text_embedding",
+        "ocr",
+        "scheduler",
+    ):
         assert (tmp_path / sub).is_dir(), sub
     # the UNet folder holds a stock SD UNet: exactly its keys, no AttnX
     unet_keys = set(load_file(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"))
