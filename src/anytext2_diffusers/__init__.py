@@ -16,6 +16,7 @@ _LAZY = {
     "PPOCRRecognizerOutput": "models",
     "AnyText2TextEmbeddingModel": "models",
     "AnyText2CaptionEncoder": "models",
+    "AnyText2Pipeline": "pipelines",
 }
 
 __all__ = [*_LAZY, "__version__"]
