@@ -85,7 +85,8 @@ def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml):
     assert "unused keys: 0; missing keys: 0" in report
     back = AnyText2Pipeline.from_pretrained(tmp_path / "back")
     same_weights(pipe, back)
-    np.testing.assert_array_equal(generate(pipe), generate(back))
+    # Compare loaded with loaded: a freshly constructed CLIP may use another attention implementation.
+    np.testing.assert_array_equal(generate(AnyText2Pipeline.from_pretrained(tmp_path / "pipe")), generate(back))
 
 
 def test_parity_checkpoint_converts_with_every_key_used(parity_dir, tmp_path):
@@ -101,9 +102,7 @@ def test_parity_checkpoint_converts_with_every_key_used(parity_dir, tmp_path):
         "--clip_model_name_or_path",
         parity_dir / "tiny_clip",
     )
-    n_keys = len(load_file(parity_dir / "anytext2_tiny_state_dict.safetensors"))
     assert "unused keys: 0; missing keys: 0" in report
-    assert f"{n_keys}" or True
     pipe = AnyText2Pipeline.from_pretrained(tmp_path / "pipe")
     assert pipe.attnx.is_attached
     run_convert(
