@@ -1,7 +1,15 @@
 """anytext2-diffusers: AnyText2 training, conversion, inference and evaluation on the Hugging Face stack."""
 
 from .models import AnyText2AttnXModel, AnyText2ControlNetModel, AnyText2ControlNetOutput
+from .pipelines import AnyText2Pipeline, AnyText2PipelineOutput
 
 __version__ = "0.1.0"
 
-__all__ = ["AnyText2AttnXModel", "AnyText2ControlNetModel", "AnyText2ControlNetOutput", "__version__"]
+__all__ = [
+    "AnyText2AttnXModel",
+    "AnyText2ControlNetModel",
+    "AnyText2ControlNetOutput",
+    "AnyText2Pipeline",
+    "AnyText2PipelineOutput",
+    "__version__",
+]

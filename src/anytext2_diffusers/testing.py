@@ -112,3 +112,45 @@ def tiny_components(seed: int = 0) -> dict:
     for model in (unet, vae, text_encoder):
         model.eval()
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sd15_scheduler())
+
+
+def sd15_inference_scheduler():
+    """DDIM with SD1.5's betas: diffusers' equivalent of the reference's DDIM sampler (``steps_offset=1``,
+    ``set_alpha_to_one=False``, uniform "leading" spacing)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(sd15_scheduler().config, set_alpha_to_one=False, clip_sample=False)
+
+
+def tiny_pipeline(seed: int = 0):
+    """A complete ``AnyText2Pipeline`` on the tiny components (random weights, offline, CPU, float32).
+
+    WriteNet's zero-initialised convolutions (hint fusion and residual outputs) get small random weights,
+    so its residuals reach the UNet and tests that compare conditions can fail.
+    """
+    from .models import AnyText2AttnXModel, AnyText2ControlNetModel
+    from .pipelines import AnyText2Pipeline
+
+    parts = tiny_components(seed)
+    unet = parts["unet"]
+    torch.manual_seed(seed + 3)
+    controlnet = AnyText2ControlNetModel.from_unet(unet)
+    with torch.no_grad():
+        zeroed = [controlnet.fuse_block, controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks]
+        for module in zeroed:
+            for p in module.parameters():
+                p.normal_(0.0, 0.05)
+    attnx = AnyText2AttnXModel.from_unet(unet)
+    for model in (controlnet, attnx):
+        model.eval()
+    pipe = AnyText2Pipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=unet,
+        controlnet=controlnet,
+        attnx=attnx,
+        scheduler=sd15_inference_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
