@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--a_prompt", default=None, help="appended to every caption (default: the reference's)")
     g.add_argument("--n_prompt", default=None, help="negative prompt (default: the reference's)")
     g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="fp16")
+    g.add_argument("--no_font_hint", action="store_true", help="no font hint (default: each line's glyph font)")
     g.add_argument("--limit", type=int, default=None, help="only the first N benchmark entries (smoke runs)")
     g.add_argument("--progress", action="store_true")
 
