@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(f, benchmark=False)
     f.add_argument("--reference", required=True, help="reference image folder or pytorch-fid .npz (mu, sigma)")
     f.add_argument("--save_reference_stats", default=None, help="write the reference statistics to this .npz")
-    f.add_argument("--inception_weights", default=None, help=f"local {'pt_inception-2015-12-05-6726825d.pth'}")
+    f.add_argument("--inception_weights", default=None, help="local pt_inception-2015-12-05-6726825d.pth (no download)")
     f.add_argument("--dims", type=int, default=2048)
     f.add_argument("--batch_size", type=int, default=50)
 
