@@ -26,6 +26,8 @@ EXTRAS = {
     # Traditional/simplified Chinese split of the dataset (pure-Python OpenCC).
     "data": ["opencc-python-reimplemented>=0.1.7"],
     "eval": ["scipy>=1.10"],
+    # FID's standard Inception features (brings torchvision; not part of test/dev).
+    "fid": ["pytorch-fid>=0.3"],
     "wandb": ["wandb"],
 }
 EXTRAS["test"] = sorted(set(EXTRAS["ocr"] + EXTRAS["data"] + EXTRAS["eval"] + ["pytest>=7", "pytest-timeout>=2"]))
@@ -51,6 +53,7 @@ setup(
             "anytext2-export-dataset=anytext2_diffusers.data.cli:export_main",
             "anytext2-make-demo-data=anytext2_diffusers.data.cli:make_demo_data_main",
             "anytext2-preview-dataset=anytext2_diffusers.data.cli:preview_main",
+            "anytext2-eval=anytext2_diffusers.evaluation.cli:main",
         ]
     },
 )
