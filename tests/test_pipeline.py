@@ -17,18 +17,7 @@ from anytext2_diffusers.testing import tiny_pipeline
 S = 64  # image size: latent 8x8, the smallest the UNet's three downsamplings allow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box is shared: one thread is several times faster than two under contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline(seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def two_line_mask(size=S):
