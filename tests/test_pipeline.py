@@ -141,7 +141,8 @@ def edit_inputs(size=S):
     return image, mask
 
 
-def test_edit_keeps_unmasked_latents_exactly(pipe):
+def test_edit_keeps_unmasked_latents_exactly_when_asked(pipe):
+    """``keep_unmasked_area=True`` (not the reference default) keeps the latents outside the lines."""
     image, mask = edit_inputs()
     lat = pipe(
         prompt="x",
@@ -152,6 +153,7 @@ def test_edit_keeps_unmasked_latents_exactly(pipe):
         num_inference_steps=3,
         generator=gen(),
         output_type="latent",
+        keep_unmasked_area=True,
     ).images
     batch, _ = pipe.prepare_conditions("x", texts=["Hi"], positions=mask, mode="edit", image=image)
     image_latents = pipe.encode_vae(batch.image_float())
