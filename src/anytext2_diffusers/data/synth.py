@@ -1,0 +1,160 @@
+"""Synthetic AnyWord-format data (real fonts on varied backgrounds) for the demo and tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .fonts import BUNDLED_FONT_DIR, load_font
+
+LATIN_WORDS = (
+    "OPEN", "coffee", "SALE", "Hello", "world", "diffusers", "AnyText", "menu", "STOP", "Welcome",
+    "garden", "books", "2024", "FRESH", "bakery", "music", "Exit", "hotel", "taxi", "Summer",
+)
+CHINESE_WORDS = (
+    "你好", "欢迎光临", "中国", "北京", "咖啡", "书店", "开业大吉", "新年快乐", "出口", "学习",
+    "天气", "图书馆", "花园", "音乐", "超市", "饭店",
+)
+TRADITIONAL_WORDS = ("歡迎", "書店", "開業", "圖書館", "音樂")
+LATIN_FONTS = ("NotoSans-Regular.ttf", "NotoSerif-Regular.ttf", "DejaVuSans.ttf")
+CJK_FONTS = ("NotoSansSC-Subset.otf", "WenQuanYiMicroHei-Subset.ttf")
+SCENES = ("a shop sign", "a poster", "a street banner", "a book cover", "a wall painting", "a label")
+
+
+def _background(rng, size):
+    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    t = np.linspace(0, 1, size)[:, None, None]
+    img = (c0 * (1 - t) + c1 * t).repeat(size, axis=1)
+    img = img + rng.normal(0, 8, img.shape)
+    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(2, 6))):
+        x, y = rng.integers(0, size, 2)
+        w, h = rng.integers(20, size // 2, 2)
+        col = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (d.ellipse if rng.random() < 0.5 else d.rectangle)([int(x), int(y), int(x + w), int(y + h)], fill=col)
+    return im.filter(ImageFilter.GaussianBlur(1.5))
+
+
+def _draw_line(im, rng, text, font_path, color, vertical, occupied, size):
+    """Draw one line somewhere free; returns its polygon (int corners) or None if no room."""
+    fs = int(rng.integers(24, 56))
+    font = load_font(font_path, fs)
+    if vertical:
+        boxes = [font.getbbox(c) for c in text]
+        tw = max(b[2] for b in boxes) + 4
+        th = sum(fs + 4 for _ in text)
+    else:
+        l, t, r, b = font.getbbox(text)
+        tw, th = r - l + 8, b - t + 8
+    angle = 0.0 if vertical or rng.random() < 0.4 else float(rng.uniform(-35, 35))
+    layer = Image.new("RGBA", (tw, th), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    if vertical:
+        y = 2
+        for c in text:
+            d.text((2, y - font.getbbox(c)[1] + 2), c, font=font, fill=tuple(color) + (255,))
+            y += fs + 4
+    else:
+        d.text((4 - l, 4 - t), text, font=font, fill=tuple(color) + (255,))
+    rot = layer.rotate(angle, expand=True, resample=Image.Resampling.BICUBIC)
+    if rot.width >= size - 4 or rot.height >= size - 4:
+        return None
+    for _ in range(30):
+        x = int(rng.integers(2, size - rot.width - 1))
+        y = int(rng.integers(2, size - rot.height - 1))
+        box = (x, y, x + rot.width, y + rot.height)
+        if all(box[2] <= o[0] or box[0] >= o[2] or box[3] <= o[1] or box[1] >= o[3] for o in occupied):
+            break
+    else:
+        return None
+    occupied.append(box)
+    im.paste(rot, (x, y), rot)
+    cx, cy = x + rot.width / 2, y + rot.height / 2
+    a = math.radians(angle)
+    corners = []
+    for px, py in ((-tw / 2, -th / 2), (tw / 2, -th / 2), (tw / 2, th / 2), (-tw / 2, th / 2)):
+        corners.append([int(round(cx + px * math.cos(a) + py * math.sin(a))),
+                        int(round(cy - px * math.sin(a) + py * math.cos(a)))])
+    return corners
+
+
+def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0):
+    im = _background(rng, size)
+    occupied, anns, words = [], [], []
+    n = int(rng.integers(min_text_lines, max_text_lines + 1)) if rng.random() < 0.9 or min_text_lines else 0
+    for _ in range(n):
+        kind = rng.random()
+        vertical = False
+        if kind < 0.5:
+            text, lang = LATIN_WORDS[int(rng.integers(len(LATIN_WORDS)))], "Latin"
+            font = LATIN_FONTS[int(rng.integers(len(LATIN_FONTS)))]
+        else:
+            pool = TRADITIONAL_WORDS if rng.random() < 0.2 else CHINESE_WORDS
+            text, lang = pool[int(rng.integers(len(pool)))], "Chinese"
+            font = CJK_FONTS[int(rng.integers(len(CJK_FONTS)))]
+            vertical = rng.random() < 0.35
+        color = [int(v) for v in rng.integers(0, 256, 3)]
+        poly = _draw_line(im, rng, text, str(BUNDLED_FONT_DIR / font), color, vertical, occupied, size)
+        if poly is None:
+            continue
+        ann = {"polygon": poly, "text": text, "language": lang, "color": color}
+        if rng.random() < 0.15:
+            ann["valid"] = False  # e.g. an unreadable line in real data
+        else:
+            ann["valid"] = True
+            words.append(text)
+        anns.append(ann)
+    im.save(os.path.join(out_dir, img_name), quality=92)
+    scene = SCENES[int(rng.integers(len(SCENES)))]
+    caption = f"{scene} with the words {', '.join(words)}. Colourful background" if words else f"{scene}. Plain"
+    return {"img_name": img_name, "caption": caption, "wm_score": round(float(rng.random() * 0.3), 3),
+            "annotations": anns}
+
+
+def _fault_records(out_dir, size):
+    """Records with each kind of record-level fault the pipeline must survive."""
+    with open(os.path.join(out_dir, "corrupt.jpg"), "wb") as f:
+        f.write(b"\xff\xd8 this is not a jpeg")
+    Image.new("RGB", (size, size), (200, 200, 200)).save(os.path.join(out_dir, "plain.jpg"))
+    sq = [[50, 50], [250, 50], [250, 120], [50, 120]]
+    return [
+        {"img_name": "does_not_exist.jpg", "caption": "missing file", "annotations": []},
+        {"img_name": "corrupt.jpg", "caption": "corrupt file", "annotations": []},
+        {"img_name": "plain.jpg", "caption": "a * star in the caption", "annotations": [
+            {"polygon": [[1, 1], [5, 5]], "text": "two points", "language": "Latin"},
+            {"polygon": [[float("nan"), 3], [9, 9], [3, 9]], "text": "nan", "language": "Latin"},
+            {"polygon": [[900, 900], [990, 900], [990, 990], [900, 990]], "text": "outside", "language": "Latin"},
+            {"polygon": [[50.5, 150.2], [250.7, 150], [250, 220], [50, 220.4]], "text": "float", "language": "Latin",
+             "color": [10, 20, 30]},
+            {"polygon": sq, "text": "   ", "language": "Latin", "color": [0, 0, 0]},
+        ]},
+        {"img_name": "plain.jpg", "annotations": [  # no caption
+            {"polygon": sq, "text": "नमस्ते", "language": "Hindi", "color": [0, 0, 0]},
+            {"polygon": [[50, 300], [250, 300], [250, 370], [50, 370]], "text": "no colour", "language": "Latin"},
+        ]},
+    ]
+
+
+def make_demo_data(out_dir: str, n: int = 8, seed: int = 0, resolution: int = 512, with_faults: bool = False,
+                   json_name: str = "data_v1.2b.json", lines_per_image: tuple = (0, 7)) -> str:
+    """Write ``n`` images and an AnyWord-format annotation JSON into ``out_dir``; return the JSON path.
+
+    ``lines_per_image`` (min, max) text lines drawn per image (some may not fit). With ``with_faults`` a few broken records (missing/corrupt image, bad polygons, empty text, unknown
+    language, missing caption/colour, '*' in a caption) are appended.
+    """
+    img_dir = os.path.join(out_dir, "imgs")
+    os.makedirs(img_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lo, hi = lines_per_image
+    data = [make_record(rng, resolution, f"{i:06d}.jpg", img_dir, hi, lo) for i in range(n)]
+    if with_faults:
+        data += _fault_records(img_dir, resolution)
+    path = os.path.join(out_dir, json_name)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"data_root": "imgs", "data_list": data}, f, ensure_ascii=False)
+    return path
