@@ -1,0 +1,62 @@
+"""PP-OCRv3 text recognition for AnyText2: the network, real weights, line cropping, CTC decode and losses."""
+
+from .convert import (
+    OCRConversionError,
+    convert_onnx,
+    default_onnx_path,
+    load_anytext2_ocr_state_dict,
+    read_onnx_characters,
+    read_state_dict_file,
+    recognizer_from_anytext2,
+)
+from .crop import (
+    crop_line_by_mask,
+    crop_line_by_polygon,
+    crop_lines,
+    min_area_box_from_mask,
+    min_area_box_from_polygon,
+    rectify_box,
+    umeyama_similarity,
+)
+from .decoding import ctc_greedy_decode, ctc_greedy_ids
+from .losses import ctc_loss_per_line, language_weight, mean_per_sample, ocr_perceptual_loss_per_line
+from .modeling_ppocr import PPOCRRecognizer, PPOCRRecognizerOutput
+from .preprocess import RecognitionResult, prepare_crops, recognize_crops, resize_norm_crop, rotate_if_vertical, to_chw_tensor
+from .vocab import BLANK_INDEX, build_character_list, load_character_list, read_dictionary, text_to_ids, texts_to_labels
+
+__all__ = [
+    "BLANK_INDEX",
+    "OCRConversionError",
+    "PPOCRRecognizer",
+    "PPOCRRecognizerOutput",
+    "RecognitionResult",
+    "build_character_list",
+    "convert_onnx",
+    "crop_line_by_mask",
+    "crop_line_by_polygon",
+    "crop_lines",
+    "ctc_greedy_decode",
+    "ctc_greedy_ids",
+    "ctc_loss_per_line",
+    "default_onnx_path",
+    "language_weight",
+    "load_anytext2_ocr_state_dict",
+    "load_character_list",
+    "mean_per_sample",
+    "min_area_box_from_mask",
+    "min_area_box_from_polygon",
+    "ocr_perceptual_loss_per_line",
+    "prepare_crops",
+    "read_dictionary",
+    "read_onnx_characters",
+    "read_state_dict_file",
+    "recognize_crops",
+    "recognizer_from_anytext2",
+    "rectify_box",
+    "resize_norm_crop",
+    "rotate_if_vertical",
+    "text_to_ids",
+    "texts_to_labels",
+    "to_chw_tensor",
+    "umeyama_similarity",
+]

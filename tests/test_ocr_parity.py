@@ -1,0 +1,171 @@
+"""OCR parity with the reference AnyText2 (tiny parity pack): preprocessing, recognizer outputs,
+line crops, OCR perceptual and CTC losses. Needs ANYTEXT2_PARITY_DIR (see /work/shared/parity/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anytext2_diffusers.models.ocr import (
+    PPOCRRecognizer,
+    crop_line_by_mask,
+    crop_lines,
+    ctc_loss_per_line,
+    language_weight,
+    load_anytext2_ocr_state_dict,
+    load_character_list,
+    mean_per_sample,
+    ocr_perceptual_loss_per_line,
+    recognize_crops,
+)
+
+PACK = os.environ.get("ANYTEXT2_PARITY_DIR")
+pytestmark = pytest.mark.skipif(
+    not PACK or not (Path(PACK) / "reference_outputs.safetensors").is_file(),
+    reason="ANYTEXT2_PARITY_DIR is unset or does not hold a parity pack",
+)
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, name: str) -> float:
+    """The pack's criterion: max|a-b| <= 1e-4 * max(1, max|ref|)."""
+    assert tuple(ours.shape) == tuple(ref.shape), f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
+    diff = (ours.detach().float() - ref.float()).abs().max().item()
+    bound = 1e-4 * max(1.0, ref.abs().max().item())
+    assert diff <= bound, f"{name}: max abs diff {diff:.3e} > {bound:.3e}"
+    return diff
+
+
+@pytest.fixture(scope="module")
+def pack():
+    from safetensors.torch import load_file
+
+    root = Path(PACK)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(root / "anytext2_tiny_state_dict.safetensors").items()}
+    meta = json.loads((root / "reference_meta.json").read_text())
+    batch_np = np.load(root / "batch.npz")
+    return dict(
+        state=state,
+        ref=load_file(root / "reference_outputs.safetensors"),
+        meta=meta,
+        batch={k: batch_np[k] for k in batch_np.files},
+        batch_json=json.loads((root / "batch.json").read_text()),
+    )
+
+
+def _recognizer(pack, prefix):
+    head = pack["state"][f"{prefix}head.fc.bias"]
+    chars = load_character_list()
+    model = PPOCRRecognizer(num_classes=head.shape[0], characters=chars if len(chars) == head.shape[0] else None)
+    return load_anytext2_ocr_state_dict(model, pack["state"], prefix=prefix).eval()
+
+
+@pytest.fixture(scope="module")
+def text_predictor(pack):
+    return _recognizer(pack, "text_predictor.")
+
+
+@pytest.fixture(scope="module")
+def font_predictor(pack):
+    return _recognizer(pack, "embedding_manager.font_predictor.")
+
+
+def _numbered(ref, stem):
+    keys = sorted((k for k in ref if k.startswith(stem + ".")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    return [ref[k] for k in keys]
+
+
+def _lines(batch, key):
+    """Per-sample lists of per-line (H, W, C) arrays from the pack's line-major (L, B, H, W, C) layout,
+    cast to float32 as the reference's get_input does."""
+    arr = batch[key].astype(np.float32)
+    return [[arr[j, i] for j in range(arr.shape[0])] for i in range(arr.shape[1])]
+
+
+@torch.no_grad()
+def test_recognizer_preprocessing_and_outputs(pack, text_predictor, font_predictor):
+    ref = pack["ref"]
+    raw = _numbered(ref, "ocr.raw_crop")
+    assert len(raw) == len(pack["meta"]["ocr_test_lines"])
+    result = recognize_crops(text_predictor, raw)
+    assert result.order.tolist() == ref["ocr.input_order"].tolist()
+    assert_close(result.pixel_values, ref["ocr.input"], "ocr.input")
+    assert_close(result.neck, ref["ocr.pred_imglist.neck"], "ocr.pred_imglist.neck")
+    out = text_predictor(ref["ocr.input"])
+    assert_close(out.logits, ref["ocr.text_predictor.ctc"], "ocr.text_predictor.ctc")
+    assert_close(out.neck, ref["ocr.text_predictor.neck"], "ocr.text_predictor.neck")
+    assert_close(font_predictor(ref["ocr.input"]).neck, ref["ocr.font_predictor.neck"], "ocr.font_predictor.neck")
+
+
+def _original_crops(pack):
+    batch = pack["batch"]
+    images = (torch.from_numpy(batch["img"]).permute(0, 3, 1, 2) + 1.0) / 2.0 * 255
+    return crop_lines(images, _lines(batch, "positions"), batch["n_lines"])
+
+
+def test_loss_crops_of_the_original_image(pack):
+    crops = _original_crops(pack)
+    refs = _numbered(pack["ref"], "loss.crop_orig")
+    assert len(crops) == len(refs) == int(pack["batch"]["n_lines"].sum())
+    for k, (ours, theirs) in enumerate(zip(crops, refs)):
+        assert_close(ours, theirs, f"loss.crop_orig.{k}")
+
+
+@torch.no_grad()
+def test_ocr_necks_and_losses(pack, text_predictor):
+    """Necks of [decoded crops..., original crops...] in one call, then AnyText2's OCR and CTC losses."""
+    ref, meta, batch = pack["ref"], pack["meta"], pack["batch"]
+    settings = meta["settings"]
+    decoded = _numbered(ref, "loss.crop_decoded")  # produced from the VAE-decoded pred_x0 by the reference
+    original = _original_crops(pack)
+    out = recognize_crops(text_predictor, decoded + original)
+    n = len(decoded)
+    assert_close(out.neck[n:], ref["loss.ocr_neck"][n:], "loss.ocr_neck (original crops)")
+    assert_close(out.neck, ref["loss.ocr_neck"], "loss.ocr_neck")
+
+    texts = pack["batch_json"]["texts"]
+    languages = pack["batch_json"]["language"]
+    n_lines = [int(x) for x in batch["n_lines"]]
+    line_texts = [texts[j][i] for i in range(len(n_lines)) for j in range(n_lines[i])]
+    weights = [language_weight(languages[j][i], settings["latin_weight"]) for i in range(len(n_lines)) for j in range(n_lines[i])]
+    step_weight = pack["state"]["alphas_cumprod"][torch.tensor(meta["loss_t"])]
+    if not settings["with_step_weight"]:
+        step_weight = torch.ones_like(step_weight)
+
+    perceptual = ocr_perceptual_loss_per_line(out.neck[:n], out.neck[n:], weights)
+    loss_ocr = (mean_per_sample(perceptual, n_lines) * settings["loss_alpha"] * step_weight).mean()
+    ctc = ctc_loss_per_line(out.logits[:n], line_texts, text_predictor.characters, weights)
+    loss_ctc = (mean_per_sample(ctc, n_lines) * settings["loss_beta"] * step_weight).mean()
+    for name, ours in (("loss.ocr", loss_ocr), ("loss.ctc", loss_ctc)):
+        theirs = meta["scalars"][name]
+        # small scalars: compare relatively (the absolute criterion would accept anything below 1e-4)
+        assert abs(ours.item() - theirs) <= 1e-4 * abs(theirs), (name, ours.item(), theirs)
+
+
+@torch.no_grad()
+def test_embedding_inputs_glyph_lines_and_style_crops(pack, text_predictor, font_predictor):
+    """What the text embedding feeds the recognizers: glyph lines (x255, 3 channels) and font-hint crops."""
+    ref, batch = pack["ref"], pack["batch"]
+    n_lines = batch["n_lines"]
+    glyph_lines = [
+        torch.from_numpy(line).permute(2, 0, 1).repeat(3, 1, 1) * 255
+        for i, lines in enumerate(_lines(batch, "gly_line"))
+        for line in lines[: n_lines[i]]
+    ]
+    assert_close(recognize_crops(text_predictor, glyph_lines).neck, ref["cond.recog_neck"], "cond.recog_neck")
+
+    font_hint = torch.from_numpy(batch["font_hint"].astype(np.float32)).permute(0, 3, 1, 2)
+    positions = _lines(batch, "positions")
+    style = [
+        crop_line_by_mask((font_hint[i] * 255).repeat(3, 1, 1), positions[i][j])
+        for i in range(len(n_lines))
+        for j in range(n_lines[i])
+    ]
+    for k, crop in enumerate(style):
+        assert_close(crop, ref[f"cond.style_crop.{k}"], f"cond.style_crop.{k}")
+    assert_close(recognize_crops(font_predictor, style).neck, ref["cond.style_neck"], "cond.style_neck")
