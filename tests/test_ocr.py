@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from anytext2_diffusers.models.ocr import (  # noqa: E402
+from anytext2_diffusers.models.ocr import (
     OCRConversionError,
     PPOCRRecognizer,
     convert_onnx,
@@ -25,6 +25,7 @@ from anytext2_diffusers.models.ocr import (  # noqa: E402
     load_anytext2_ocr_state_dict,
     load_character_list,
     mean_per_sample,
+    ocr_line_losses,
     ocr_perceptual_loss_per_line,
     prepare_crops,
     read_state_dict_file,
@@ -34,7 +35,7 @@ from anytext2_diffusers.models.ocr import (  # noqa: E402
     texts_to_labels,
     umeyama_similarity,
 )
-from anytext2_diffusers.models.ocr import convert as convert_mod  # noqa: E402
+from anytext2_diffusers.models.ocr import convert as convert_mod
 
 FONT_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "src/anytext2_diffusers/assets/fonts"
 LATIN_FONTS = ("NotoSans-Regular.ttf", "DejaVuSans.ttf")
@@ -287,3 +288,37 @@ def test_umeyama_recovers_a_similarity():
     dst = src @ rot.T + shift
     m = umeyama_similarity(src, dst)
     assert np.allclose(m[:2, :2], rot) and np.allclose(m[:2, 2], shift) and np.allclose(m[2], [0, 0, 1])
+
+
+def test_ocr_line_losses_from_images(converted):
+    recognizer, _ = converted
+    image, polygon = _line_in_rotated_polygon("hello", angle_deg=10)
+    mask = np.zeros((1, 2, 512, 512), np.uint8)  # sample 0 has one line, the padded second is unused
+    cv2.fillPoly(mask[0, 0], [np.round(polygon).astype(np.int32)], 255)
+    original = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    decoded = (original + 40 * torch.randn(original.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 255)
+    decoded.requires_grad_(True)
+    losses = ocr_line_losses(recognizer, decoded, original, mask, [1], ["hello"], ["Latin"], latin_weight=0.5)
+    assert losses.weights.tolist() == [0.5] and losses.perceptual.shape == (1,) and losses.ctc.shape == (1,)
+    assert losses.perceptual.item() > 0 and torch.isfinite(losses.ctc).all()
+    (losses.perceptual + losses.ctc).sum().backward()
+    assert decoded.grad.abs().sum() > 0
+    same = ocr_line_losses(recognizer, original, original, mask, [1], ["hello"], ["Chinese"])
+    assert same.perceptual.item() == 0 and same.weights.tolist() == [1.0]
+    wrong = ocr_line_losses(recognizer, original, original, mask, [1], ["world"], ["Chinese"])
+    assert wrong.ctc.item() > 10 * same.ctc.item()  # the CTC loss tells the right text from a wrong one
+
+
+def test_train_mode_matches_the_reference_style_encoder_behaviour():
+    """AnyText2 trains its font predictor in train mode: batch-statistics BatchNorm and active dropout."""
+    model = PPOCRRecognizer().train()
+    x = torch.rand(2, 3, 48, 320, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    before = model.backbone.conv1._batch_norm.running_mean.clone()
+    torch.manual_seed(0)
+    a = model(x).neck
+    torch.manual_seed(1)
+    b = model(x).neck
+    assert not torch.equal(a, b)  # dropout in the SVTR neck
+    assert not torch.equal(before, model.backbone.conv1._batch_norm.running_mean)
+    a.sum().backward()
+    assert model.backbone.conv1._conv.weight.grad.abs().sum() > 0  # use_guide does not stop gradients

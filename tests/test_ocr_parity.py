@@ -21,6 +21,7 @@ from anytext2_diffusers.models.ocr import (
     load_anytext2_ocr_state_dict,
     load_character_list,
     mean_per_sample,
+    ocr_line_losses_from_crops,
     ocr_perceptual_loss_per_line,
     recognize_crops,
 )
@@ -49,13 +50,13 @@ def pack():
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(root / "anytext2_tiny_state_dict.safetensors").items()}
     meta = json.loads((root / "reference_meta.json").read_text())
     batch_np = np.load(root / "batch.npz")
-    return dict(
-        state=state,
-        ref=load_file(root / "reference_outputs.safetensors"),
-        meta=meta,
-        batch={k: batch_np[k] for k in batch_np.files},
-        batch_json=json.loads((root / "batch.json").read_text()),
-    )
+    return {
+        "state": state,
+        "ref": load_file(root / "reference_outputs.safetensors"),
+        "meta": meta,
+        "batch": {k: batch_np[k] for k in batch_np.files},
+        "batch_json": json.loads((root / "batch.json").read_text()),
+    }
 
 
 def _recognizer(pack, prefix):
@@ -141,6 +142,10 @@ def test_ocr_necks_and_losses(pack, text_predictor):
     loss_ocr = (mean_per_sample(perceptual, n_lines) * settings["loss_alpha"] * step_weight).mean()
     ctc = ctc_loss_per_line(out.logits[:n], line_texts, text_predictor.characters, weights)
     loss_ctc = (mean_per_sample(ctc, n_lines) * settings["loss_beta"] * step_weight).mean()
+    # The one-call helper computes the same per-line values.
+    line_languages = [languages[j][i] for i in range(len(n_lines)) for j in range(n_lines[i])]
+    helper = ocr_line_losses_from_crops(text_predictor, decoded, original, line_texts, line_languages, settings["latin_weight"])
+    assert torch.allclose(helper.perceptual, perceptual) and torch.allclose(helper.ctc, ctc)
     for name, ours in (("loss.ocr", loss_ocr), ("loss.ctc", loss_ctc)):
         theirs = meta["scalars"][name]
         # small scalars: compare relatively (the absolute criterion would accept anything below 1e-4)

@@ -19,14 +19,35 @@ from .crop import (
     umeyama_similarity,
 )
 from .decoding import ctc_greedy_decode, ctc_greedy_ids
-from .losses import ctc_loss_per_line, language_weight, mean_per_sample, ocr_perceptual_loss_per_line
+from .line_losses import OCRLineLosses, ocr_line_losses, ocr_line_losses_from_crops
+from .losses import (
+    ctc_loss_per_line,
+    language_weight,
+    mean_per_sample,
+    ocr_perceptual_loss_per_line,
+)
 from .modeling_ppocr import PPOCRRecognizer, PPOCRRecognizerOutput
-from .preprocess import RecognitionResult, prepare_crops, recognize_crops, resize_norm_crop, rotate_if_vertical, to_chw_tensor
-from .vocab import BLANK_INDEX, build_character_list, load_character_list, read_dictionary, text_to_ids, texts_to_labels
+from .preprocess import (
+    RecognitionResult,
+    prepare_crops,
+    recognize_crops,
+    resize_norm_crop,
+    rotate_if_vertical,
+    to_chw_tensor,
+)
+from .vocab import (
+    BLANK_INDEX,
+    build_character_list,
+    load_character_list,
+    read_dictionary,
+    text_to_ids,
+    texts_to_labels,
+)
 
 __all__ = [
     "BLANK_INDEX",
     "OCRConversionError",
+    "OCRLineLosses",
     "PPOCRRecognizer",
     "PPOCRRecognizerOutput",
     "RecognitionResult",
@@ -45,6 +66,8 @@ __all__ = [
     "mean_per_sample",
     "min_area_box_from_mask",
     "min_area_box_from_polygon",
+    "ocr_line_losses",
+    "ocr_line_losses_from_crops",
     "ocr_perceptual_loss_per_line",
     "prepare_crops",
     "read_dictionary",

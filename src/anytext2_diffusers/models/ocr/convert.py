@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -115,14 +115,18 @@ def _onnx_layers(model, path) -> dict[str, list[dict]]:
             if w is None:
                 raise OCRConversionError(f"{path}: Conv node {n.name or n.output[0]} has a non-constant weight")
             b = consts[n.input[2]] if len(n.input) > 2 and n.input[2] else bias_after(n.output[0], w.shape[0], n.input[1])
-            layers["conv"].append(dict(name=n.input[1], weight=w, bias=b))
+            layers["conv"].append({"name": n.input[1], "weight": w, "bias": b})
         elif n.op_type == "BatchNormalization":
             eps = attrs["epsilon"].f if "epsilon" in attrs else 1e-5
             scale, shift, mean, var = (consts[i] for i in n.input[1:5])
-            layers["bn"].append(dict(name=n.input[1], weight=scale, bias=shift, mean=mean, var=var, eps=eps))
+            layers["bn"].append(
+                {"name": n.input[1], "weight": scale, "bias": shift, "mean": mean, "var": var, "eps": eps}
+            )
         elif n.op_type == "LayerNormalization":
             eps = attrs["epsilon"].f if "epsilon" in attrs else 1e-5
-            layers["ln"].append(dict(name=n.input[1], weight=consts[n.input[1]], bias=consts[n.input[2]], eps=eps))
+            layers["ln"].append(
+                {"name": n.input[1], "weight": consts[n.input[1]], "bias": consts[n.input[2]], "eps": eps}
+            )
         elif n.op_type == "Sqrt":
             # Decomposed LayerNorm: Sqrt(var + eps), then (x - mean) / sqrt * gamma + beta via Reshape(gamma/beta).
             add = next(p for p in nodes if n.input[0] in p.output)
@@ -143,7 +147,7 @@ def _onnx_layers(model, path) -> dict[str, list[dict]]:
             if g in ln_seen:
                 continue
             ln_seen.add(g)
-            layers["ln"].append(dict(name=g, weight=consts[g], bias=consts[b], eps=eps))
+            layers["ln"].append({"name": g, "weight": consts[g], "bias": consts[b], "eps": eps})
         elif n.op_type in ("MatMul", "Gemm") and n.input[1] in consts and consts[n.input[1]].ndim == 2:
             w = consts[n.input[1]]
             trans_b = n.op_type == "Gemm" and "transB" in attrs and attrs["transB"].i == 1
@@ -152,7 +156,7 @@ def _onnx_layers(model, path) -> dict[str, list[dict]]:
                 b = consts[n.input[2]]
             else:
                 b = bias_after(n.output[0], w.shape[0], n.input[1])
-            layers["linear"].append(dict(name=n.input[1], weight=w, bias=b))
+            layers["linear"].append({"name": n.input[1], "weight": w, "bias": b})
     return layers
 
 

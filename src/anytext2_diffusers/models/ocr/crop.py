@@ -8,7 +8,7 @@ with ``affine_grid``/``grid_sample`` so gradients reach the image (the OCR losse
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -54,7 +54,7 @@ def umeyama_similarity(src: np.ndarray, dst: np.ndarray, estimate_scale: bool = 
 def order_box_points(box: np.ndarray) -> np.ndarray:
     """Corners as [top-left, top-right, bottom-right, bottom-left]: the two leftmost are the left
     side (ties keep their order), each side sorted by y."""
-    pts = sorted(list(np.asarray(box)), key=lambda p: p[0])
+    pts = sorted(np.asarray(box), key=lambda p: p[0])
     tl, bl = sorted(pts[:2], key=lambda p: p[1])
     tr, br = sorted(pts[2:], key=lambda p: p[1])
     return np.array([tl, tr, br, bl])
@@ -119,7 +119,7 @@ def rectify_box(image: torch.Tensor, box: np.ndarray, clamp: tuple[float, float]
     height = max(np.linalg.norm(src[0] - src[3]), np.linalg.norm(src[1] - src[2]))
     dst = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
     sim = umeyama_similarity(src, dst, estimate_scale=True)
-    c, h_img, w_img = image.shape
+    h_img, w_img = image.shape[1:]
     norm = np.array([[2.0 / w_img, 0, -1], [0, 2.0 / h_img, -1], [0, 0, 1]])
     theta = np.linalg.inv(norm @ sim @ np.linalg.inv(norm))[:2]
     theta = torch.from_numpy(theta).to(device=image.device, dtype=torch.float32)

@@ -9,7 +9,7 @@ and the step weight ``alphas_cumprod[t]``; :func:`mean_per_sample` does the firs
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -11,8 +11,8 @@ PyTorch port does; PaddlePaddle/ONNX exports of the same network end with a soft
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +95,7 @@ class MobileNetV1Enhance(nn.Module):
 
     def __init__(self, in_channels=3, scale=0.5, last_conv_stride=(1, 2), last_pool_type="avg"):
         super().__init__()
-        s = lambda c: int(c * scale)  # noqa: E731
+        s = lambda c: int(c * scale)
         self.conv1 = _BackboneConvBN(in_channels, s(32), 3, 2, 1)
         blocks = [_DepthwiseSeparable(s(i), s(m), s(o), st, k, se) for i, m, o, st, k, se in self.PLAN]
         blocks.append(_DepthwiseSeparable(s(1024), s(1024), s(1024), tuple(last_conv_stride), 5, True))

@@ -7,8 +7,8 @@ differentiable w.r.t. the crop (the OCR losses back-propagate through it) and ru
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,6 @@ def resize_norm_crop(
 ) -> torch.Tensor:
     """Resize to ``image_height`` keeping the aspect ratio (width capped), map 0..255 -> [-1, 1], pad
     the right side with zeros up to the canvas width (``image_height * max_wh_ratio``)."""
-    channels = crop.shape[0]
     if max_wh_ratio is None:
         max_wh_ratio = image_width / image_height
     canvas_w = int(image_height * max_wh_ratio)

@@ -6,9 +6,9 @@ also where characters missing from the dictionary go (AnyText2's ``char2id.get(c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -25,7 +25,7 @@ def read_dictionary(path: str | Path) -> list[str]:
     lines = raw.split("\n")
     if lines and lines[-1] == "":
         lines = lines[:-1]
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [line.removesuffix("\r") for line in lines]
 
 
 def build_character_list(dictionary: Sequence[str]) -> list[str]:
