@@ -67,8 +67,13 @@ def _sd15_parts(config) -> dict:
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_single_file(path)
-        return dict(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                    scheduler=pipe.scheduler)
+        return dict(
+            unet=pipe.unet,
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            scheduler=pipe.scheduler,
+        )
     return dict(
         unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
         vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
@@ -95,15 +100,22 @@ def _new_anytext2_parts(parts: dict, config) -> dict:
     # The font recognizer starts as a copy of the OCR weights (tool_add_anytext.py's add_style_ocr);
     # without train_font_ocr the reference has no copy and reads fonts with the frozen glyph recognizer.
     parts["text_embedding"] = AnyText2TextEmbeddingModel.from_text_encoder(
-        parts["text_encoder"], font_recognizer=ocr, style_ocr_trainable=config.train_font_ocr
+        parts["text_encoder"],
+        font_recognizer=ocr,
+        style_ocr_trainable=config.train_font_ocr,
+        neck_length=ocr.config.image_width // 8,  # the recognizer's sequence length (40 for PP-OCRv3)
+        neck_dim=ocr.config.neck_dims,
     )
     return parts
 
 
 def _anytext2_parts(path: str, config) -> dict:
     kw = dict(revision=config.revision)
-    parts = {name: cls.from_pretrained(path, subfolder=name, **kw) for name, cls in MODEL_CLASSES.items()
-             if name not in ("unet", "vae")}
+    parts = {
+        name: cls.from_pretrained(path, subfolder=name, **kw)
+        for name, cls in MODEL_CLASSES.items()
+        if name not in ("unet", "vae")
+    }
     parts["unet"] = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=config.variant, **kw)
     parts["vae"] = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=config.variant, **kw)
     parts["text_encoder"] = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", variant=config.variant, **kw)

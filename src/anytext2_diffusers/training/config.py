@@ -47,7 +47,9 @@ class TrainingConfig:
         [], "AnyWord annotation JSON files, a Parquet export folder or a Hub dataset id.", nargs="+", type=str
     )
     validation_data: list = _opt(
-        [], "Validation data in the same forms; default: the train data's validation split if any.", nargs="+",
+        [],
+        "Validation data in the same forms; default: the train data's validation split if any.",
+        nargs="+",
         type=str,
     )
     validation_fraction: float = _opt(
@@ -60,8 +62,9 @@ class TrainingConfig:
     max_chars: int = _opt(20, "Characters per line.")
     mask_ratio: float = _opt(0.0, "Probability of a text-editing (masked image) sample.")
     font_hint_prob: float = _opt(0.8, "Probability of a font hint per line (0 disables font hints).")
-    font_hint_area: list = _opt([0.7, 1.0], "Range of the area of each line kept in the font hint.", nargs=2,
-                                type=float)
+    font_hint_area: list = _opt(
+        [0.7, 1.0], "Range of the area of each line kept in the font hint.", nargs=2, type=float
+    )
     font_hint_randaug: bool = _opt(True, "Random augmentation of font hints.")
     color_prob: float = _opt(1.0, "Probability of keeping a line's colour (else 'unspecified').")
     wm_thresh: float = _opt(1.0, "Skip images whose watermark score exceeds this.")
@@ -76,8 +79,9 @@ class TrainingConfig:
     train_text_embedding: bool = _opt(True, "Train the text embedding (the reference's cond_stage_trainable).")
     train_font_ocr: bool = _opt(True, "Train the font recognizer copy (the reference's style_ocr_trainable).")
     attnx_mid_block: bool = _opt(True, "AttnX in the mid block (reference mid_attnx).")
-    attnx_up_blocks: list = _opt([1, 2], "up_blocks with AttnX (reference output_attnx_level [2, 1]).", nargs="*",
-                                 type=int)
+    attnx_up_blocks: list = _opt(
+        [1, 2], "up_blocks with AttnX (reference output_attnx_level [2, 1]).", nargs="*", type=int
+    )
     attnx_down_blocks: list = _opt([], "down_blocks with AttnX (reference input_attnx).", nargs="*", type=int)
     attnx_scale: float = _opt(1.0, "Scale of the AttnX terms.")
     loss_alpha: float = _opt(0.0, "Weight of the OCR perceptual loss (the paper uses 0.003).")
@@ -122,8 +126,9 @@ class TrainingConfig:
     checkpoints_total_limit: int | None = _opt(3, "Keep at most this many checkpoints.", type=int)
     resume_from_checkpoint: str | None = _opt(None, "A checkpoint folder or 'latest'.", type=str)
     # --- logging & validation -----------------------------------------------------------------
-    report_to: str = _opt("tensorboard", "tensorboard | wandb | all | none.", choices=["tensorboard", "wandb", "all",
-                                                                                       "none"])
+    report_to: str = _opt(
+        "tensorboard", "tensorboard | wandb | all | none.", choices=["tensorboard", "wandb", "all", "none"]
+    )
     logging_dir: str = _opt("logs", "Tracker folder, relative to output_dir.")
     tracker_project_name: str = _opt("anytext2", "Tracker project / run group name.")
     logging_steps: int = _opt(1, "Log training scalars every N optimizer steps.")
@@ -199,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         help_text = meta.pop("help")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, bool):
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=f"{help_text} "
-                                f"(default: {default})")
+            parser.add_argument(
+                f"--{f.name}", action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {default})"
+            )
             continue
         meta.setdefault("type", type(default) if default is not None else str)
         parser.add_argument(f"--{f.name}", help=f"{help_text} (default: {default})", **meta)

@@ -47,7 +47,9 @@ def predict_noise(
     """The reference's ``ControlLDM.apply_model``: WriteNet reads the TEXT caption context, the UNet (with
     AttnX hooked in) the IMAGE caption context; residuals go to the skip connections and the mid block
     (mid block only with ``only_mid_control``)."""
-    res = controlnet(x_noisy, timesteps, text_context, glyphs=glyphs, positions=positions, masked_latents=masked_latents)
+    res = controlnet(
+        x_noisy, timesteps, text_context, glyphs=glyphs, positions=positions, masked_latents=masked_latents
+    )
     down = None if only_mid_control else list(res.down_block_res_samples)
     return unet(
         x_noisy,
