@@ -239,7 +239,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         weight_decay=config.adam_weight_decay,
         eps=config.adam_epsilon,
     )
-    train_loader, train_sampler = make_loader(train_set, config, shuffle=True)
+    train_loader = make_loader(train_set, config, shuffle=True)[0]
     val_loader = make_loader(val_set, config, shuffle=False)[0] if val_set is not None else None
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / config.gradient_accumulation_steps)
     max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
@@ -332,7 +332,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     model.train()
     with _StopSignal() as stop:
         while state.global_step < max_steps and state.epoch < num_epochs and stop.received is None:
-            train_sampler.set_epoch(state.epoch)
+            # Through the loader: load_state may have swapped in the checkpoint's (pickled) sampler.
+            train_loader.set_epoch(state.epoch)
             loader = (
                 accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
                 if state.batches_in_epoch
