@@ -18,9 +18,8 @@ from _training_helpers import make_data, save_small_recognizer, tiny_config
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
-from anytext2_diffusers.training import TrainingCallback, TrainingDiverged, parse_args, train
+from anytext2_diffusers.training import TrainingCallback, TrainingDiverged, hub, parse_args, train
 from anytext2_diffusers.training import checkpointing as ckpt
-from anytext2_diffusers.training import hub
 
 
 @pytest.fixture(scope="module")
