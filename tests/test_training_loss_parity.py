@@ -151,7 +151,8 @@ def test_p_losses_match_the_reference(pack):
     assert_close("loss.ctc", out.ctc.mean(), ref["loss.ctc"])
     assert_close("loss.total", out.loss, ref["loss.total"])
     print(
-        f"parity: simple {out.simple.mean().item():.6f} ocr {out.ocr.mean().item():.3e} ctc {out.ctc.mean().item():.6f} total {out.loss.item():.6f}"
+        f"parity: simple {out.simple.mean().item():.6f} ocr {out.ocr.mean().item():.3e} "
+        f"ctc {out.ctc.mean().item():.6f} total {out.loss.item():.6f}"
     )
     # the scalars the pack states in its meta file
     scalars = meta["scalars"]
