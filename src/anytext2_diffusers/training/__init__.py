@@ -36,7 +36,7 @@ def _next_steps(result: TrainResult, seconds: float) -> str:
             f"  tensorboard --logdir {os.path.join(out, 'logs')}      # t/* and v/* curves, v/images",
             f"  {os.path.join(out, 'validation')}/                      # validation grids (PNG)",
             f"  {os.path.join(out, 'README.md')}                        # model card",
-            "  python -c \"from anytext2_diffusers import AnyText2Pipeline; "
+            '  python -c "from anytext2_diffusers import AnyText2Pipeline; '
             f"AnyText2Pipeline.from_pretrained('{out}')\"",
         ]
     )

@@ -25,6 +25,7 @@ PARTIAL_SUFFIX = ".partial"
 MARKER = "checkpoint_complete.json"
 STATE_FILE = "training_state.json"
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
+_warned: set = set()
 
 
 @dataclass
@@ -66,7 +67,8 @@ def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
         if m and os.path.isdir(path):
             if is_complete(path):
                 found.append((int(m.group(1)), path))
-            else:
+            elif path not in _warned:
+                _warned.add(path)
                 logger.warning("ignoring %s: no %s (an interrupted or foreign write)", path, MARKER)
     return sorted(found)
 
