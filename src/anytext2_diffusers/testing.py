@@ -112,3 +112,55 @@ def tiny_components(seed: int = 0) -> dict:
     for model in (unet, vae, text_encoder):
         model.eval()
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=sd15_scheduler())
+
+
+def sd15_inference_scheduler():
+    """DDIM with SD1.5's betas: diffusers' equivalent of the reference's DDIM sampler (``steps_offset=1``,
+    ``set_alpha_to_one=False``, uniform "leading" spacing)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(sd15_scheduler().config, set_alpha_to_one=False, clip_sample=False)
+
+
+def tiny_pipeline(seed: int = 0):
+    """A complete ``AnyText2Pipeline`` on the tiny components (random weights, offline, CPU, float32).
+
+    The glyph recognizer ``ocr`` is a default-size PP-OCRv3 recognizer (random, untrained; the text embedding
+    needs its 40x64 neck), and the font recognizer is its copy, as ``from_text_encoder`` makes it. The
+    zero-initialised layers (WriteNet's hint fusion and residual outputs, the text embedding's glyph, font
+    and colour projections) get small random weights, so every condition reaches the image and tests that
+    compare conditions can fail.
+    """
+    from .models import AnyText2AttnXModel, AnyText2ControlNetModel, AnyText2TextEmbeddingModel
+    from .models.ocr import PPOCRRecognizer
+    from .pipelines import AnyText2Pipeline
+
+    parts = tiny_components(seed)
+    unet = parts["unet"]
+    torch.manual_seed(seed + 3)
+    controlnet = AnyText2ControlNetModel.from_unet(unet)
+    zeroed = [controlnet.fuse_block, controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks]
+    attnx = AnyText2AttnXModel.from_unet(unet)
+    torch.manual_seed(seed + 4)
+    ocr = PPOCRRecognizer()
+    text_embedding = AnyText2TextEmbeddingModel.from_text_encoder(parts["text_encoder"], font_recognizer=ocr)
+    with torch.no_grad():
+        zeroed.extend(m[0] for m in (text_embedding.proj, text_embedding.style_proj, text_embedding.color_proj))
+        for module in zeroed:
+            for p in module.parameters():
+                p.normal_(0.0, 0.05)
+    for model in (controlnet, attnx, ocr, text_embedding):
+        model.eval()
+    pipe = AnyText2Pipeline(
+        vae=parts["vae"],
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        unet=unet,
+        controlnet=controlnet,
+        attnx=attnx,
+        scheduler=sd15_inference_scheduler(),
+        text_embedding=text_embedding,
+        ocr=ocr,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

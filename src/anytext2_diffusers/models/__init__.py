@@ -1,6 +1,16 @@
 """Trainable AnyText2 blocks as diffusers models."""
 
 from .attnx import AnyText2AttnXModel
+from .conditioning import AnyText2CaptionEncoder, CaptionEncoding
+from .text_embedding import AnyText2TextEmbeddingModel, AnyText2TextEmbeddingOutput
 from .writenet import AnyText2ControlNetModel, AnyText2ControlNetOutput
 
-__all__ = ["AnyText2AttnXModel", "AnyText2ControlNetModel", "AnyText2ControlNetOutput"]
+__all__ = [
+    "AnyText2AttnXModel",
+    "AnyText2CaptionEncoder",
+    "AnyText2ControlNetModel",
+    "AnyText2ControlNetOutput",
+    "AnyText2TextEmbeddingModel",
+    "AnyText2TextEmbeddingOutput",
+    "CaptionEncoding",
+]
