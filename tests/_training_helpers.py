@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from anytext2_diffusers.data import make_demo_data
 from anytext2_diffusers.models.ocr import PPOCRRecognizer, load_character_list
 from anytext2_diffusers.training import TrainingConfig
@@ -15,6 +17,7 @@ from anytext2_diffusers.training import TrainingConfig
 
 def save_small_recognizer(folder: str) -> str:
     if not os.path.isfile(os.path.join(folder, "config.json")):
+        torch.manual_seed(0)
         recognizer = PPOCRRecognizer(
             backbone_scale=0.25, image_width=160, neck_hidden_dims=32, neck_dims=32, characters=load_character_list()
         )

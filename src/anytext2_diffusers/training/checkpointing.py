@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class TrainingState:
     nonfinite_total: int = 0
     nonfinite_in_a_row: int = 0
     samples_seen: int = 0
+    trainable: dict = field(default_factory=dict)  # component -> trainable parameter tensors (resume check)
 
     def save(self, folder: str) -> None:
         with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:

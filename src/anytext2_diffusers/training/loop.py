@@ -110,6 +110,16 @@ def _move(model, device, dtype) -> None:
         model.to(dtype=dtype)
 
 
+def _upcast_trainable_layers(model) -> None:
+    """Layers holding trainable weights get float32 buffers too: a BatchNorm with float32 weights but
+    half-precision running statistics fails on the CPU and loses precision on the GPU."""
+    for module in model.modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point() and buf.dtype != torch.float32:
+                    setattr(module, name, buf.float())
+
+
 def _weight_dtype(accelerator) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
@@ -219,6 +229,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         # Frozen weights in half precision, trainable ones as float32 masters.
         _move(model, device, weight_dtype if name in ("unet", "text_embedding") else torch.float32)
         cast_training_params(model, dtype=torch.float32)
+        _upcast_trainable_layers(model)
     if config.gradient_checkpointing:
         parts["controlnet"].enable_gradient_checkpointing()
         parts["unet"].enable_gradient_checkpointing()
@@ -261,11 +272,18 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
 
     # ---------------------------------------------------------------- resume
-    state = ckpt.TrainingState()
+    selection = {name: len(group) for name, group in groups.items()}
+    state = ckpt.TrainingState(trainable=selection)
     resume = ckpt.resolve_resume(config.output_dir, config.resume_from_checkpoint)
     if resume:
+        saved = ckpt.TrainingState.load(resume)
+        if saved.trainable and saved.trainable != selection:
+            raise ValueError(
+                f"{resume} was trained with another trainable set ({saved.trainable} parameter tensors per "
+                f"component, now {selection}): resume with the same --sd_locked/--unlock_qkv/--train_* switches"
+            )
         accelerator.load_state(resume)
-        state = ckpt.TrainingState.load(resume)
+        state = saved
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             resume,
