@@ -234,6 +234,27 @@ def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
             assert "hf_secret_token_value" not in open(full, encoding="utf-8", errors="ignore").read(), path
 
 
+def test_fine_tune_from_the_output_folder(few_step_run, assets):
+    config, _, _ = few_step_run
+    before = trainable_weights(config.output_dir)
+    out = str(assets["root"] / "finetune")
+    result = train(
+        tiny_config(
+            out,
+            assets["train"],
+            assets["ocr"],
+            tiny_model=False,
+            pretrained_model_name_or_path=config.output_dir,
+            max_train_steps=1,
+            learning_rate=1e-3,
+        )
+    )
+    assert result.global_step == 1
+    after = trainable_weights(out)
+    assert set(before) == set(after)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained from the loaded weights
+
+
 # ------------------------------------------------------------------------------------------------
 # 2: overfitting two samples
 # ------------------------------------------------------------------------------------------------

@@ -43,9 +43,19 @@ MODEL_CLASSES = {
 }
 
 
-def is_anytext2_pipeline(path: str | None) -> bool:
-    index = os.path.join(path or "", "model_index.json")
-    if not path or not os.path.isfile(index):
+def is_anytext2_pipeline(path: str | None, revision: str | None = None) -> bool:
+    """A folder or Hub repo whose ``model_index.json`` names ``AnyText2Pipeline``."""
+    if not path or os.path.isfile(path):
+        return False
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isdir(path):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index = hf_hub_download(path, "model_index.json", revision=revision)
+        except Exception:  # noqa: BLE001 - offline, or a repo without one: treat it as SD1.5
+            return False
+    if not os.path.isfile(index):
         return False
     with open(index, encoding="utf-8") as f:
         return json.load(f).get("_class_name") == PIPELINE_CLASS
@@ -122,6 +132,19 @@ def _anytext2_parts(path: str, config) -> dict:
     parts["tokenizer"] = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
     parts["scheduler"] = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw)
     parts["attnx"].scale = config.attnx_scale
+    # The loaded AttnX/WriteNet fix their placement and glyph scale; the config follows them (it decides which
+    # UNet q/k/v get gradients and is saved with the run).
+    attnx_cfg = parts["attnx"].config
+    placement = dict(
+        attnx_mid_block=bool(attnx_cfg.in_mid_block),
+        attnx_up_blocks=list(attnx_cfg.in_up_blocks),
+        attnx_down_blocks=list(attnx_cfg.in_down_blocks),
+        glyph_scale=int(parts["controlnet"].config.glyph_scale),
+    )
+    for key, value in placement.items():
+        if getattr(config, key) != value:
+            logger.info("%s = %s from the pipeline's components (was %s)", key, value, getattr(config, key))
+            setattr(config, key, value)
     return parts
 
 
@@ -131,7 +154,7 @@ def load_components(config) -> dict:
         from ..testing import tiny_components
 
         parts = _new_anytext2_parts(tiny_components(seed=config.seed), config)
-    elif is_anytext2_pipeline(config.pretrained_model_name_or_path):
+    elif is_anytext2_pipeline(config.pretrained_model_name_or_path, config.revision):
         parts = _anytext2_parts(config.pretrained_model_name_or_path, config)
     else:
         parts = _new_anytext2_parts(_sd15_parts(config), config)

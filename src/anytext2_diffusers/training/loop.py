@@ -207,12 +207,12 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if config.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     set_seed(config.seed)
-    if accelerator.is_main_process:
-        config.save(os.path.join(config.output_dir, "training_config.yaml"))
     train_set, val_set = build_datasets(config)
 
     # ---------------------------------------------------------------- models and trainable set
     parts = load_components(config)
+    if accelerator.is_main_process:
+        config.save(os.path.join(config.output_dir, "training_config.yaml"))
     trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
     groups = apply_trainable(trainable, config)
     logger.info(
