@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     except TrainingDiverged as err:
         logger.error("%s", err)
         return 1
+    if not result.is_main_process:
+        return 0
     if result.interrupted:
         print(
             f"Interrupted at step {result.global_step}; checkpoint: {result.checkpoint}. "

@@ -49,6 +49,7 @@ class TrainResult:
     last_logs: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     checkpoint: str | None = None
+    is_main_process: bool = True
 
 
 class TrainingCallback:
@@ -199,6 +200,9 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         ),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:  # one voice: other ranks report warnings and errors only
+        for name in ("anytext2_diffusers", "accelerate"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if accelerator.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
         ckpt.remove_partials(config.output_dir)
@@ -340,7 +344,9 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         return scalars
 
     # ---------------------------------------------------------------- the loop
-    result = TrainResult(global_step=state.global_step, output_dir=config.output_dir)
+    result = TrainResult(
+        global_step=state.global_step, output_dir=config.output_dir, is_main_process=accelerator.is_main_process
+    )
     progress = tqdm(
         total=max_steps, initial=state.global_step, desc="steps", disable=not accelerator.is_local_main_process
     )

@@ -186,14 +186,21 @@ def run_validation(accelerator, model, parts: dict, loader, dataset, config, ste
     """Losses + image grid (main process); returns the v/* scalars (empty without validation data)."""
     if dataset is None:
         return {}
-    scalars = validation_losses(model, loader, config.max_validation_batches, config.seed, accelerator.device)
-    if config.num_validation_images > 0:
-        try:
-            grid = validation_grid(model, parts, dataset, config, accelerator.device)
-            folder = os.path.join(config.output_dir, "validation")
-            os.makedirs(folder, exist_ok=True)
-            Image.fromarray(grid).save(os.path.join(folder, f"step-{step:06d}.png"))
-            log_images(accelerator, "v/images", grid, step)
-        except Exception as err:  # noqa: BLE001 - validation must not end a training run
-            logger.warning("validation images at step %d failed: %s", step, err)
+    # Eval mode throughout: in train mode the pipeline's text embedding would update the font
+    # recognizer's BatchNorm statistics, so validating would change the model.
+    was_training = model.training
+    model.eval()
+    try:
+        scalars = validation_losses(model, loader, config.max_validation_batches, config.seed, accelerator.device)
+        if config.num_validation_images > 0:
+            try:
+                grid = validation_grid(model, parts, dataset, config, accelerator.device)
+                folder = os.path.join(config.output_dir, "validation")
+                os.makedirs(folder, exist_ok=True)
+                Image.fromarray(grid).save(os.path.join(folder, f"step-{step:06d}.png"))
+                log_images(accelerator, "v/images", grid, step)
+            except Exception as err:  # noqa: BLE001 - validation must not end a training run
+                logger.warning("validation images at step %d failed: %s", step, err)
+    finally:
+        model.train(was_training)
     return scalars
