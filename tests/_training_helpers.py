@@ -25,9 +25,9 @@ def save_small_recognizer(folder: str) -> str:
     return folder
 
 
-def make_data(folder: str, n: int, seed: int) -> str:
-    """AnyWord JSON with ``n`` synthetic 128 px images of 1-2 lines each."""
-    return make_demo_data(folder, n=n, seed=seed, resolution=128, lines_per_image=(1, 2))
+def make_data(folder: str, n: int, seed: int, with_faults: bool = False) -> str:
+    """AnyWord JSON with ``n`` synthetic 128 px images of 1-2 lines each (+ broken records with ``with_faults``)."""
+    return make_demo_data(folder, n=n, seed=seed, resolution=128, lines_per_image=(1, 2), with_faults=with_faults)
 
 
 def tiny_config(output_dir: str, train_json: str, ocr_dir: str, **overrides) -> TrainingConfig:

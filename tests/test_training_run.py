@@ -31,6 +31,8 @@ def assets(tmp_path_factory):
         train=make_data(str(root / "train"), n=4, seed=0),
         pair=make_data(str(root / "pair"), n=2, seed=1),
         val=make_data(str(root / "val"), n=2, seed=2),
+        # missing/corrupt images, bad polygons, empty texts, unknown language, '*' in a caption ...
+        faulty=make_data(str(root / "faulty"), n=2, seed=3, with_faults=True),
     )
 
 
@@ -95,7 +97,7 @@ def few_step_run(assets):
     out = str(assets["root"] / "run")
     config = tiny_config(
         out,
-        assets["train"],
+        assets["faulty"],
         assets["ocr"],
         validation_data=[assets["val"]],
         report_to="tensorboard",
@@ -115,6 +117,9 @@ def few_step_run(assets):
 def test_few_step_run_logs_and_output_folder(few_step_run):
     config, result, recorder = few_step_run
     assert result.global_step == 3 and result.nonfinite_total == 0
+    # the broken records were rendered as substitutes / neutralised lines, never fatal
+    assert result.data_faults, "the faulty records should have been met"
+    print("data faults met in the few-step run:", result.data_faults)
     for step, logs in recorder.logs.items():
         for key in ("t/sim", "t/ocr", "t/ctc", "t/loss", "grad_norm", "lr"):
             assert np.isfinite(logs[key]), (step, key, logs[key])

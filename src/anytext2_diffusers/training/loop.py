@@ -50,6 +50,7 @@ class TrainResult:
     validation: dict = field(default_factory=dict)
     checkpoint: str | None = None
     is_main_process: bool = True
+    data_faults: dict = field(default_factory=dict)  # fault kind -> count, this process's batches
 
 
 class TrainingCallback:
@@ -463,6 +464,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                     result.checkpoint = save("checkpointing_epochs")
     progress.close()
     result.global_step, result.nonfinite_total = state.global_step, state.nonfinite_total
+    result.data_faults = dict(faults.counts)
+    logger.info("%s", faults.summary())
     if result.interrupted:
         accelerator.end_training()
         return result
