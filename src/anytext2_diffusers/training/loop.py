@@ -91,6 +91,11 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+def _any_process(accelerator, flag: bool) -> bool:
+    value = torch.tensor(float(flag), device=accelerator.device)
+    return accelerator.reduce(value, reduction="sum").item() > 0
+
+
 def _seed_step(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """A generator for this micro-step; also reseeds the global torch RNG (dropout) from the same numbers."""
     words = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint64)
@@ -372,9 +377,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 with accelerator.accumulate(model):
                     generator = _seed_step(config.seed, state.global_step, window["n"], accelerator.process_index)
                     out = callbacks.on_loss(state, model(batch.to(device), generator))
-                    finite = torch.isfinite(out.loss.detach()).float()
-                    all_finite = accelerator.reduce(finite, reduction="sum").item() == accelerator.num_processes
-                    if all_finite:
+                    if not _any_process(accelerator, not torch.isfinite(out.loss.detach()).item()):
                         accelerator.backward(out.loss)
                         window["loss"] += (
                             torch.stack([out.simple.mean(), out.ocr.mean(), out.ctc.mean(), out.loss]).detach().float()
@@ -442,7 +445,9 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                             f"{state.global_step - state.nonfinite_in_a_row}); checkpoint: {path}. Lower the "
                             "learning rate, use bf16/fp32, or check the data."
                         )
-                    if stop.received is not None:
+                    # Collective: a signal that reached one process only must stop (and save on) all of them.
+                    if _any_process(accelerator, stop.received is not None):
+                        stop.received = stop.received or signal.SIGTERM
                         result.checkpoint = save(f"signal {signal.Signals(stop.received).name}")
                         result.interrupted = True
                         break
