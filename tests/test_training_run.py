@@ -16,6 +16,7 @@ import torch
 import yaml
 from _training_helpers import make_data, save_small_recognizer, tiny_config
 from accelerate.state import AcceleratorState, GradientState
+from PIL import Image
 from safetensors.torch import load_file
 
 from anytext2_diffusers.training import TrainingCallback, TrainingDiverged, hub, parse_args, train
@@ -142,7 +143,11 @@ def test_few_step_run_logs_and_output_folder(few_step_run):
     assert [s for s, _ in sorted(scalars["t/sim"])] == [1, 2, 3]
     assert sorted({s for s, _ in scalars["v/sim"]}) == [2, 3]  # every validation_steps and at the end
     assert "v/images" in images
-    assert glob.glob(os.path.join(config.output_dir, "validation", "step-*.png"))
+    grids = sorted(glob.glob(os.path.join(config.output_dir, "validation", "step-*.png")))
+    grid = np.asarray(Image.open(grids[-1]))
+    size = config.resolution
+    assert grid.shape == (size * config.num_validation_images, size * 7, 3)
+    assert grid[:, 5 * size : 6 * size].any(), "the generated-sample column is empty (pipeline sampling failed?)"
 
     parts = load_output_folder(config.output_dir)
     assert set(parts) == {
@@ -237,6 +242,16 @@ def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
         full = os.path.join(config.output_dir, path)
         if path.endswith((".md", ".json", ".yaml", ".txt")):
             assert "hf_secret_token_value" not in open(full, encoding="utf-8", errors="ignore").read(), path
+
+
+def test_parquet_export_trains(assets):
+    from anytext2_diffusers.data import export_parquet, load_anyword
+
+    folder = str(assets["root"] / "parquet")
+    export_parquet(load_anyword([assets["train"]], cache_dir=str(assets["root"] / "hf_cache")), folder)
+    out = str(assets["root"] / "from_parquet")
+    result = train(tiny_config(out, folder, assets["ocr"], max_train_steps=1))
+    assert result.global_step == 1 and not result.data_faults
 
 
 def test_fine_tune_from_the_output_folder(few_step_run, assets):
