@@ -89,6 +89,11 @@ def build_datasets(config) -> tuple[AnyText2TrainDataset, AnyText2TrainDataset |
     if config.validation_data and not all(v.endswith(".json") for v in config.validation_data):
         vrows = load_rows(config.validation_data, config)
         val_rows = vrows["validation"] if vrows["validation"] is not None else vrows["train"]
+    if len(rows["train"]) == 0:
+        raise ValueError(
+            f"--train_data {config.train_data}: no training records left (check the files, --wm_thresh and "
+            "--dataset_percent)"
+        )
     dcfg = data_config(config)
     train = AnyText2TrainDataset(rows["train"], dcfg, seed=config.seed)
     # Validation samples are rendered with another seed stream but the same settings.
