@@ -14,7 +14,6 @@ import io
 import json
 import os
 import sys
-import types
 
 import cv2
 import numpy as np

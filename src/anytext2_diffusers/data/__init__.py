@@ -7,9 +7,9 @@ from .sample import AnyText2TrainDataset, Collator, DataConfig, EpochSampler, Fa
 from .synth import make_demo_data
 
 __all__ = [
+    "AnyText2TrainDataset",
     "AnyWord3M",
     "AnyWord3MConfig",
-    "AnyText2TrainDataset",
     "Batch",
     "Collator",
     "DataConfig",

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -53,7 +53,7 @@ def read_annotation_file(path: str | os.PathLike) -> dict:
     try:
         with open(path, "rb") as f:
             content = json.loads(f.read())
-    except Exception as e:  # noqa: BLE001 - reported with the file name
+    except Exception as e:
         raise AnnotationFileError(f"annotation file {path} is not readable JSON: {e}") from e
     if not isinstance(content, dict) or not isinstance(content.get("data_list"), list):
         raise AnnotationFileError(f"annotation file {path}: expected an object with a 'data_list' list")
@@ -251,14 +251,16 @@ def export_parquet(dataset_dict, output_dir: str | None = None, *, embed_images:
         if embed_images:
             ds = ds.map(embed_image_bytes, features=ds.features, desc=f"embedding {split} images")
         if push_to_hub:
-            ds.push_to_hub(push_to_hub, split=split, private=private)
+            # images are embedded above when asked; datasets' own embedding would fail on a missing file
+            ds.push_to_hub(push_to_hub, split=split, private=private, embed_external_files=False)
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
             n = max(1, math.ceil(len(ds) / max_rows_per_shard))
             paths = []
             for i in range(n):
                 p = os.path.join(output_dir, f"{split}-{i:05d}-of-{n:05d}.parquet")
-                ds.shard(n, i, contiguous=True).to_parquet(p)
+                # an explicit batch size skips datasets' size estimate, which stats every image path
+                ds.shard(n, i, contiguous=True).to_parquet(p, batch_size=1000)
                 paths.append(p)
             written[split] = paths
     return written

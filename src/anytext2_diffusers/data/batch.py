@@ -116,7 +116,7 @@ class Batch:
         return self.color.to(dtype) / 255.0
 
     # --- movement ------------------------------------------------------------------------------
-    def _map(self, fn) -> "Batch":
+    def _map(self, fn) -> Batch:
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -127,10 +127,10 @@ class Batch:
             kw[f.name] = v
         return Batch(**kw)
 
-    def to(self, device, non_blocking: bool = False) -> "Batch":
+    def to(self, device, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True)."""
         return self._map(lambda t: t.pin_memory())
 

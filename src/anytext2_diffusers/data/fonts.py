@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 from PIL import ImageFont
 
@@ -81,12 +81,12 @@ class FontRegistry:
         self.validate()
 
     @classmethod
-    def bundled(cls) -> "FontRegistry":
+    def bundled(cls) -> FontRegistry:
         langs = {k: [str(BUNDLED_FONT_DIR / f) for f in v] for k, v in BUNDLED_LANGUAGE_FONTS.items()}
         return cls(langs, str(BUNDLED_FONT_DIR / DEFAULT_FONT), "<bundled>")
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike | None) -> "FontRegistry":
+    def from_path(cls, path: str | os.PathLike | None) -> FontRegistry:
         """A mapping file (JSON/YAML) or a folder holding ``lang_fonts.{yaml,json}``; None = bundled.
 
         File format::
@@ -117,7 +117,7 @@ class FontRegistry:
                 raw = yaml.safe_load(text)
             else:
                 raw = json.loads(text)
-        except Exception as e:  # noqa: BLE001 - reported with the file name
+        except Exception as e:
             raise FontConfigError(f"font mapping file {path} is not readable JSON/YAML: {e}") from e
         if not isinstance(raw, dict):
             raise FontConfigError(f"font mapping file {path}: expected a mapping at the top level")
@@ -151,7 +151,7 @@ class FontRegistry:
                 try:
                     load_font(f, 20)
                     font_charset(f)
-                except Exception as e:  # noqa: BLE001 - reported with the file name
+                except Exception as e:
                     raise FontConfigError(
                         f"font mapping {self.source}: language {lang!r}: font {f} cannot be loaded ({e})"
                     ) from e

@@ -34,7 +34,7 @@ def render_glyph_line(font_path: str, text: str) -> np.ndarray:
     img = Image.new("1", (W, H), 0)
     if size >= 1:
         font = load_font(font_path, size)
-        l2, t2, r2, b2 = font.getbbox(text)
+        _, t2, r2, b2 = font.getbbox(text)
         # Pillow<10 getsize() = (right, bottom) and getoffset() = (left, top) of this bbox
         x = (W - r2) // 2
         y = (H - b2) // 2 - t2 // 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
