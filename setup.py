@@ -17,6 +17,7 @@ CORE = [
     "pyyaml>=6",
     "tensorboard>=2.14,<3",
     "tqdm>=4.60",
+    "fonttools>=4.40",
 ]
 
 EXTRAS = {
@@ -25,11 +26,11 @@ EXTRAS = {
     # Traditional/simplified Chinese split of the dataset (pure-Python OpenCC).
     "data": ["opencc-python-reimplemented>=0.1.7"],
     "eval": ["scipy>=1.10"],
+    # FID's standard Inception features (brings torchvision; not part of test/dev).
+    "fid": ["pytorch-fid>=0.3"],
     "wandb": ["wandb"],
 }
-EXTRAS["test"] = sorted(
-    set(EXTRAS["ocr"] + EXTRAS["data"] + EXTRAS["eval"] + ["pytest>=7", "pytest-timeout>=2"])
-)
+EXTRAS["test"] = sorted(set(EXTRAS["ocr"] + EXTRAS["data"] + EXTRAS["eval"] + ["pytest>=7", "pytest-timeout>=2"]))
 EXTRAS["dev"] = sorted(set(EXTRAS["test"] + ["ruff>=0.4"]))
 
 setup(
@@ -46,4 +47,13 @@ setup(
     package_data={"anytext2_diffusers": ["configs/**/*", "assets/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "anytext2-convert-ocr=anytext2_diffusers.models.ocr.convert:main",
+            "anytext2-export-dataset=anytext2_diffusers.data.cli:export_main",
+            "anytext2-make-demo-data=anytext2_diffusers.data.cli:make_demo_data_main",
+            "anytext2-preview-dataset=anytext2_diffusers.data.cli:preview_main",
+            "anytext2-eval=anytext2_diffusers.evaluation.cli:main",
+        ]
+    },
 )

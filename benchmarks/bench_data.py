@@ -32,8 +32,7 @@ def main():
     ap.add_argument("--demo_images", type=int, default=48)
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_data_")
-    files = a.train_data or [make_demo_data(os.path.join(tmp, "demo"), a.demo_images, seed=0,
-                                                   lines_per_image=(2, 7))]
+    files = a.train_data or [make_demo_data(os.path.join(tmp, "demo"), a.demo_images, seed=0, lines_per_image=(2, 7))]
     rows = load_anyword(files, cache_dir=os.path.join(tmp, "hf"))["train"]
     ds = AnyText2TrainDataset(rows, DataConfig(resolution=a.resolution), seed=0)
     n = min(a.samples, 10**9)
@@ -46,8 +45,12 @@ def main():
     cpu_ms = (time.process_time() - c) / n * 1000  # independent of other load on the machine
 
     collate = Collator(ds.config.max_lines)
-    dl = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [i % len(ds) for i in range(n)]),
-                                     batch_size=a.batch_size, num_workers=a.num_workers, collate_fn=collate)
+    dl = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, [i % len(ds) for i in range(n)]),
+        batch_size=a.batch_size,
+        num_workers=a.num_workers,
+        collate_fn=collate,
+    )
     nbytes, count = 0, 0
     t = time.perf_counter()
     for b in dl:
@@ -65,8 +68,11 @@ def main():
         "resolution": a.resolution,
         "cpu_threads": torch.get_num_threads(),
     }
-    print(f"1 process: {one_proc:.1f} samples/s ({cpu_ms:.1f} ms CPU/sample); DataLoader({a.num_workers} workers): {loader:.1f} samples/s; "
-          f"{nbytes / count / 2**20:.2f} MiB/sample")
+    print(
+        f"1 process: {one_proc:.1f} samples/s ({cpu_ms:.1f} ms CPU/sample); "
+        f"DataLoader({a.num_workers} workers): {loader:.1f} samples/s; "
+        f"{nbytes / count / 2**20:.2f} MiB/sample"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
 

@@ -21,3 +21,20 @@ def tiny():
     from anytext2_diffusers.testing import tiny_components
 
     return tiny_components(seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a shared 2-core box one thread is several times faster than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A complete tiny AnyText2Pipeline (random weights), shared by a test module."""
+    from anytext2_diffusers.testing import tiny_pipeline
+
+    return tiny_pipeline(seed=0)

@@ -25,9 +25,20 @@ def write_json(path, records, data_root="imgs"):
 
 
 def rec(name, wm=None, **kw):
-    r = {"img_name": name, "caption": f"caption of {name}", "annotations": [
-        {"polygon": [[1, 1], [50, 1], [50, 20], [1, 20]], "text": "hi", "language": "Latin", "color": [1, 2, 3],
-         "valid": True, "pos": [0, 1]}]}
+    r = {
+        "img_name": name,
+        "caption": f"caption of {name}",
+        "annotations": [
+            {
+                "polygon": [[1, 1], [50, 1], [50, 20], [1, 20]],
+                "text": "hi",
+                "language": "Latin",
+                "color": [1, 2, 3],
+                "valid": True,
+                "pos": [0, 1],
+            }
+        ],
+    }
     if wm is not None:
         r["wm_score"] = wm
     r.update(kw)
@@ -94,7 +105,9 @@ def test_parquet_with_embedded_images_renders_the_same(tmp_path, demo):
     export_parquet(dd, out, embed_images=True)
     back = load_parquet(out)["train"]
     for a, b in zip(dd["train"].to_list(), back.to_list()):
-        assert canon({k: v for k, v in a.items() if k != "image"}) == canon({k: v for k, v in b.items() if k != "image"})
+        assert canon({k: v for k, v in a.items() if k != "image"}) == canon(
+            {k: v for k, v in b.items() if k != "image"}
+        )
         assert a["image"]["path"] == b["image"]["path"]
         if os.path.exists(a["image"]["path"]):
             with open(a["image"]["path"], "rb") as f:
@@ -123,9 +136,18 @@ def test_annotation_file_faults(tmp_path):
 
 
 def test_malformed_polygon_is_kept_as_bad(tmp_path):
-    a = write_json(tmp_path / "a.json", [rec("a.jpg", annotations=[
-        {"polygon": [1, 2, 3], "text": "flat", "language": "Latin"},
-        {"polygon": [[1, 1], [9, 1], [9, 9]], "text": "ok", "language": "Latin", "color": "red"}])])
+    a = write_json(
+        tmp_path / "a.json",
+        [
+            rec(
+                "a.jpg",
+                annotations=[
+                    {"polygon": [1, 2, 3], "text": "flat", "language": "Latin"},
+                    {"polygon": [[1, 1], [9, 1], [9, 9]], "text": "ok", "language": "Latin", "color": "red"},
+                ],
+            )
+        ],
+    )
     row = load_anyword(a, cache_dir=str(tmp_path / "hf"))["train"][0]
     assert len(row["annotations"][0]["polygon"]) == 1  # rendered as a bad polygon
     assert row["annotations"][1]["color"] is None

@@ -30,8 +30,20 @@ def test_make_demo_data_is_fast_and_well_formed(tmp_path, capsys):
 def test_preview_writes_pngs_and_survives_bad_records(tmp_path, capsys):
     path = make_demo_data(str(tmp_path / "d"), 3, seed=0, with_faults=True)
     out = tmp_path / "preview"
-    rc = cli.preview_main(["--train_data", path, "--output_dir", str(out), "--num_samples", "7", "--seed", "1",
-                           "--cache_dir", str(tmp_path / "hf")])
+    rc = cli.preview_main(
+        [
+            "--train_data",
+            path,
+            "--output_dir",
+            str(out),
+            "--num_samples",
+            "7",
+            "--seed",
+            "1",
+            "--cache_dir",
+            str(tmp_path / "hf"),
+        ]
+    )
     assert rc == 0
     pngs = sorted(os.listdir(out))
     assert len(pngs) == 7 and all(p.endswith(".png") for p in pngs)
@@ -41,8 +53,9 @@ def test_preview_writes_pngs_and_survives_bad_records(tmp_path, capsys):
 
 def test_export_cli_writes_parquet(tmp_path, capsys):
     path = make_demo_data(str(tmp_path / "d"), 3, seed=0)
-    rc = cli.export_main(["--train_data", path, "--output_dir", str(tmp_path / "pq"), "--cache_dir",
-                          str(tmp_path / "hf")])
+    rc = cli.export_main(
+        ["--train_data", path, "--output_dir", str(tmp_path / "pq"), "--cache_dir", str(tmp_path / "hf")]
+    )
     assert rc == 0 and os.listdir(tmp_path / "pq") == ["train-00000-of-00001.parquet"]
     with pytest.raises(SystemExit):
         cli.export_main(["--train_data", path])  # neither --output_dir nor --push_to_hub
@@ -51,9 +64,22 @@ def test_export_cli_writes_parquet(tmp_path, capsys):
 def test_bench_data_prints_json_last_line(tmp_path):
     path = make_demo_data(str(tmp_path / "d"), 3, seed=0)
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"), HF_DATASETS_CACHE=str(tmp_path / "hf"))
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_data.py"), "--train_data", path,
-                          "--samples", "6", "--num_workers", "0"], capture_output=True, text=True, env=env,
-                         timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "bench_data.py"),
+            "--train_data",
+            path,
+            "--samples",
+            "6",
+            "--num_workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     last = json.loads(res.stdout.strip().splitlines()[-1])
     assert last["samples_per_s"] > 0 and 0 < last["bytes_per_sample"] < 2.5 * 2**20

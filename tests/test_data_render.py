@@ -23,8 +23,9 @@ def unpack(a):
 def test_glyph_in_polygon_matches_reference(case):
     size = 512 * case["scale"]
     out = np.zeros((size, size), bool)
-    render.render_glyph_in_polygon(out, str(BUNDLED_FONT_DIR / case["font"]), case["text"],
-                                   np.array(case["polygon"]), case["color"], case["scale"])
+    render.render_glyph_in_polygon(
+        out, str(BUNDLED_FONT_DIR / case["font"]), case["text"], np.array(case["polygon"]), case["color"], case["scale"]
+    )
     ref = unpack(GOLDEN["glyph_" + case["name"]])
     # rotation goes through PIL's fixed-point affine path at a different origin: allow a few pixels
     assert (ref ^ out).sum() <= max(3, 0.002 * ref.sum()), (ref.sum(), out.sum())
@@ -52,7 +53,9 @@ def test_font_hint_matches_reference(i):
     c = META["hint"][i]
     img = np.asarray(Image.open(io.BytesIO(bytes(GOLDEN["hint_image_png"]))))
     out = np.zeros((512, 512), bool)
-    render.render_font_hint(out, img, np.array(c["polygon"]), render.FontHintDraws(*c["draws"]), c["area"], c["randaug"])
+    render.render_font_hint(
+        out, img, np.array(c["polygon"]), render.FontHintDraws(*c["draws"]), c["area"], c["randaug"]
+    )
     ref = unpack(GOLDEN[f"hint_{i}"])
     assert ref.sum() > 100
     # the reference augments a float image, we augment uint8: interpolation may flip a few pixels

@@ -44,13 +44,25 @@ IMG = image_bytes(texts=[((70, 62), "hello"), ((120, 240), "AnyText2")])
 
 
 def row(annotations, caption="a sign on a wall", wm_score=None, img=IMG, name="x.png"):
-    return {"image": {"bytes": img, "path": name}, "img_name": name, "caption": caption, "wm_score": wm_score,
-            "annotations": annotations, "source": "test"}
+    return {
+        "image": {"bytes": img, "path": name},
+        "img_name": name,
+        "caption": caption,
+        "wm_score": wm_score,
+        "annotations": annotations,
+        "source": "test",
+    }
 
 
 def ann(polygon, text, language="Latin", color=(200, 30, 30), valid=True):
-    return {"polygon": [list(map(float, p)) for p in polygon], "text": text, "language": language,
-            "color": None if color is None else list(color), "valid": valid, "pos": None}
+    return {
+        "polygon": [list(map(float, p)) for p in polygon],
+        "text": text,
+        "language": language,
+        "color": None if color is None else list(color),
+        "valid": valid,
+        "pos": None,
+    }
 
 
 def box(x, y, w=80, h=30):
@@ -170,8 +182,10 @@ def test_batch_fields_dtypes_and_packing():
     assert b.position.shape == (2, 5, 1, 512, 512) and b.glyph_line.shape == (2, 5, 1, 80, 512)
     assert b.font_hint.shape == b.inv_mask.shape == (2, 1, 512, 512)
     assert b.color.shape == (2, 5, 3) and b.color[0, 1].tolist() == [500, 500, 500]
-    assert b.n_lines.tolist() == [2, 1] and b.line_valid.tolist() == [[True, True, False, False, False],
-                                                                      [True, False, False, False, False]]
+    assert b.n_lines.tolist() == [2, 1] and b.line_valid.tolist() == [
+        [True, True, False, False, False],
+        [True, False, False, False, False],
+    ]
     assert b.text[1] == [" "] * 5 and len(b.language[0]) == 5
     np.testing.assert_array_equal(b.position[0, :2, 0].numpy(), samples[0].positions)
     np.testing.assert_array_equal(b.glyphs[0, 0].numpy(), samples[0].glyphs)
@@ -190,15 +204,25 @@ def _same(a, b):
     for k in ("image", "glyph_lines", "positions", "glyphs", "font_hint", "inv_mask", "colors"):
         if not np.array_equal(getattr(a, k), getattr(b, k)):
             return False
-    return (a.texts, a.languages, a.image_caption, a.text_caption, a.edit_mode) == \
-        (b.texts, b.languages, b.image_caption, b.text_caption, b.edit_mode)
+    return (a.texts, a.languages, a.image_caption, a.text_caption, a.edit_mode) == (
+        b.texts,
+        b.languages,
+        b.image_caption,
+        b.text_caption,
+        b.edit_mode,
+    )
 
 
 def test_five_reads_are_identical_and_rows_unchanged():
     polys = [box(20 + 90 * (i % 5), 40 + 120 * (i // 5)) for i in range(7)]
-    rows = [row([ann(p, f"w{i}") for i, p in enumerate(polys)] + [ann([[-30, 500], [40, 500], [40, 530]], "edge"),
-                                                                    ann(box(300, 400), "x", valid=False)],
-                caption="first part. second part", wm_score=0.1)]
+    rows = [
+        row(
+            [ann(p, f"w{i}") for i, p in enumerate(polys)]
+            + [ann([[-30, 500], [40, 500], [40, 530]], "edge"), ann(box(300, 400), "x", valid=False)],
+            caption="first part. second part",
+            wm_score=0.1,
+        )
+    ]
     before = copy.deepcopy(rows)
     ds = AnyText2TrainDataset(rows, DataConfig(mask_ratio=0.5, font_hint_prob=1.0), seed=3)
     reads = [ds[0] for _ in range(5)]
@@ -218,8 +242,7 @@ def test_identical_samples_across_worker_counts(tmp_path):
     sampler.set_epoch(2)
 
     def run(workers):
-        dl = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=workers,
-                                         collate_fn=Collator(5))
+        dl = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=workers, collate_fn=Collator(5))
         return list(dl)
 
     a, b = run(0), run(2)
@@ -318,7 +341,10 @@ def test_font_mapping_faults(tmp_path):
 
 def test_font_mapping_yaml_and_reference_keys(tmp_path):
     f = tmp_path / "fonts.yaml"
-    f.write_text(f"languages:\n  en: {{fonts: [{BUNDLED_FONT_DIR / 'DejaVuSans.ttf'}]}}\n  Chinese_sim: [NotoSansSC-Subset.otf]\n")
+    f.write_text(
+        f"languages:\n  en: {{fonts: [{BUNDLED_FONT_DIR / 'DejaVuSans.ttf'}]}}\n"
+        "  Chinese_sim: [NotoSansSC-Subset.otf]\n"
+    )
     reg = FontRegistry.from_path(f)
     assert reg.fonts_for("Latin") == ([str(BUNDLED_FONT_DIR / "DejaVuSans.ttf")], True)
     assert reg.fonts_for("Chinese_sim")[0][0].endswith("NotoSansSC-Subset.otf")

@@ -41,13 +41,50 @@ FONT_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "src/anyt
 LATIN_FONTS = ("NotoSans-Regular.ttf", "DejaVuSans.ttf")
 CHINESE_FONTS = ("NotoSansSC-Subset.otf", "WenQuanYiMicroHei-Subset.ttf")
 LATIN = [
-    "hello", "world", "diffusers", "AnyText2", "open source", "Stable Diffusion", "coffee shop", "Happy Birthday",
-    "SALE 50%", "Welcome", "New York", "text 2024", "machine learning", "Good Morning", "OPEN", "Hugging Face",
-    "pizza", "London Bridge", "Fresh Bread", "Summer Party", "No Parking", "ok",
+    "hello",
+    "world",
+    "diffusers",
+    "AnyText2",
+    "open source",
+    "Stable Diffusion",
+    "coffee shop",
+    "Happy Birthday",
+    "SALE 50%",
+    "Welcome",
+    "New York",
+    "text 2024",
+    "machine learning",
+    "Good Morning",
+    "OPEN",
+    "Hugging Face",
+    "pizza",
+    "London Bridge",
+    "Fresh Bread",
+    "Summer Party",
+    "No Parking",
+    "ok",
 ]
 CHINESE = [
-    "你好", "世界", "北京欢迎你", "人工智能", "中国银行", "生日快乐", "新年快乐", "咖啡店", "欢迎光临", "开放源代码",
-    "深度学习", "上海", "春天来了", "图书馆", "火锅", "天气很好", "学习中文", "山水画", "电影院", "大家好",
+    "你好",
+    "世界",
+    "北京欢迎你",
+    "人工智能",
+    "中国银行",
+    "生日快乐",
+    "新年快乐",
+    "咖啡店",
+    "欢迎光临",
+    "开放源代码",
+    "深度学习",
+    "上海",
+    "春天来了",
+    "图书馆",
+    "火锅",
+    "天气很好",
+    "学习中文",
+    "山水画",
+    "电影院",
+    "大家好",
 ]
 
 
@@ -163,7 +200,10 @@ def test_ocr_loss_gradient_reaches_the_image(converted):
     grad = tensor.grad.abs().sum(0).numpy()
     assert np.isfinite(grad).all() and grad[mask > 0].sum() > 0
     far = np.ones_like(mask, bool)
-    far[int(polygon[:, 1].min()) - 5 : int(polygon[:, 1].max()) + 5, int(polygon[:, 0].min()) - 5 : int(polygon[:, 0].max()) + 5] = False
+    far[
+        int(polygon[:, 1].min()) - 5 : int(polygon[:, 1].max()) + 5,
+        int(polygon[:, 0].min()) - 5 : int(polygon[:, 0].max()) + 5,
+    ] = False
     assert grad[far].sum() == 0
 
 
@@ -245,7 +285,10 @@ def test_preprocessing_matches_anytext2_rules():
 
 def test_recognize_crops_restores_input_order(converted):
     recognizer, _ = converted
-    crops = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(h)) * 255 for h, w in ((40, 300), (40, 50), (90, 60))]
+    crops = [
+        torch.rand(3, h, w, generator=torch.Generator().manual_seed(h)) * 255
+        for h, w in ((40, 300), (40, 50), (90, 60))
+    ]
     out = recognize_crops(recognizer, crops, batch_size=2)
     assert out.order.tolist() == [2, 1, 0]
     with torch.no_grad():
@@ -270,9 +313,13 @@ def test_ctc_loss_matches_anytext2_normalisation():
     assert targets.tolist() == [1, 2, 1, 3] and lengths.tolist() == [2, 2]  # unknown '?' -> last class
     logits = torch.randn(2, 40, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
     loss = ctc_loss_per_line(logits, ["ab", "a?"], chars, weights=[1.0, 0.5])
-    expected = torch.nn.CTCLoss(reduction="none")(
-        logits.log_softmax(2).permute(1, 0, 2), targets, torch.tensor([40, 40]), lengths
-    ) / 40 * torch.tensor([1.0, 0.5])
+    expected = (
+        torch.nn.CTCLoss(reduction="none")(
+            logits.log_softmax(2).permute(1, 0, 2), targets, torch.tensor([40, 40]), lengths
+        )
+        / 40
+        * torch.tensor([1.0, 0.5])
+    )
     assert loss.shape == (2,) and torch.allclose(loss, expected)
     loss.sum().backward()
     assert logits.grad.abs().sum() > 0

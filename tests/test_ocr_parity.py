@@ -47,7 +47,10 @@ def pack():
     from safetensors.torch import load_file
 
     root = Path(PACK)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(root / "anytext2_tiny_state_dict.safetensors").items()}
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(root / "anytext2_tiny_state_dict.safetensors").items()
+    }
     meta = json.loads((root / "reference_meta.json").read_text())
     batch_np = np.load(root / "batch.npz")
     return {
@@ -133,7 +136,11 @@ def test_ocr_necks_and_losses(pack, text_predictor):
     languages = pack["batch_json"]["language"]
     n_lines = [int(x) for x in batch["n_lines"]]
     line_texts = [texts[j][i] for i in range(len(n_lines)) for j in range(n_lines[i])]
-    weights = [language_weight(languages[j][i], settings["latin_weight"]) for i in range(len(n_lines)) for j in range(n_lines[i])]
+    weights = [
+        language_weight(languages[j][i], settings["latin_weight"])
+        for i in range(len(n_lines))
+        for j in range(n_lines[i])
+    ]
     step_weight = pack["state"]["alphas_cumprod"][torch.tensor(meta["loss_t"])]
     if not settings["with_step_weight"]:
         step_weight = torch.ones_like(step_weight)
@@ -144,7 +151,9 @@ def test_ocr_necks_and_losses(pack, text_predictor):
     loss_ctc = (mean_per_sample(ctc, n_lines) * settings["loss_beta"] * step_weight).mean()
     # The one-call helper computes the same per-line values.
     line_languages = [languages[j][i] for i in range(len(n_lines)) for j in range(n_lines[i])]
-    helper = ocr_line_losses_from_crops(text_predictor, decoded, original, line_texts, line_languages, settings["latin_weight"])
+    helper = ocr_line_losses_from_crops(
+        text_predictor, decoded, original, line_texts, line_languages, settings["latin_weight"]
+    )
     assert torch.allclose(helper.perceptual, perceptual) and torch.allclose(helper.ctc, ctc)
     for name, ours in (("loss.ocr", loss_ocr), ("loss.ctc", loss_ctc)):
         theirs = meta["scalars"][name]

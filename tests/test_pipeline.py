@@ -17,18 +17,7 @@ from anytext2_diffusers.testing import tiny_pipeline
 S = 64  # image size: latent 8x8, the smallest the UNet's three downsamplings allow
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box is shared: one thread is several times faster than two under contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline(seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def two_line_mask(size=S):
@@ -152,7 +141,8 @@ def edit_inputs(size=S):
     return image, mask
 
 
-def test_edit_keeps_unmasked_latents_exactly(pipe):
+def test_edit_keeps_unmasked_latents_exactly_when_asked(pipe):
+    """``keep_unmasked_area=True`` (not the reference default) keeps the latents outside the lines."""
     image, mask = edit_inputs()
     lat = pipe(
         prompt="x",
@@ -163,6 +153,7 @@ def test_edit_keeps_unmasked_latents_exactly(pipe):
         num_inference_steps=3,
         generator=gen(),
         output_type="latent",
+        keep_unmasked_area=True,
     ).images
     batch, _ = pipe.prepare_conditions("x", texts=["Hi"], positions=mask, mode="edit", image=image)
     image_latents = pipe.encode_vae(batch.image_float())

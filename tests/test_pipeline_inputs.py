@@ -8,21 +8,8 @@ import torch
 
 from anytext2_diffusers.data.fonts import BUNDLED_FONT_DIR
 from anytext2_diffusers.pipelines import inputs as I
-from anytext2_diffusers.testing import tiny_pipeline
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI box is shared: one thread is several times faster than two under contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline(seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(size, boxes):

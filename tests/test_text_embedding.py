@@ -15,23 +15,14 @@ from anytext2_diffusers.conversion.text_embedding import (
 )
 from anytext2_diffusers.models.ocr import PPOCRRecognizer, crop_line_by_mask, recognize_crops
 from anytext2_diffusers.models.text_embedding import AnyText2TextEmbeddingModel, split_lines
+from anytext2_diffusers.testing import tiny_recognizer
 
 SIZE = 64  # position / font-hint resolution for the tests (the model takes any)
 DIM = 32  # tiny text encoder width
 
 
 def calibrated_recognizer(seed: int) -> PPOCRRecognizer:
-    """Random PP-OCRv3 weights with BatchNorm stats estimated on random inputs: with the default 0/1
-    running stats a random recognizer's outputs do not depend on its input (see the parity README)."""
-    torch.manual_seed(seed)
-    model = PPOCRRecognizer()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        model.train()(torch.rand(4, 3, 48, 320) * 2 - 1)
-    return model.eval()
+    return tiny_recognizer(seed)
 
 
 def make_batch(n_lines=(2, 1), max_lines=2, seed=0):

@@ -1,27 +1,28 @@
-"""anytext2-diffusers: AnyText2 training, conversion, inference and evaluation on the Hugging Face stack."""
+"""anytext2-diffusers: AnyText2 training, conversion, inference and evaluation on the Hugging Face stack.
 
-from .models import (
-    AnyText2AttnXModel,
-    AnyText2CaptionEncoder,
-    AnyText2ControlNetModel,
-    AnyText2ControlNetOutput,
-    AnyText2TextEmbeddingModel,
-    AnyText2TextEmbeddingOutput,
-    CaptionEncoding,
-)
-from .pipelines import AnyText2Pipeline, AnyText2PipelineOutput
+Top-level names are imported lazily so that light entry points (data tools, DataLoader workers) do not
+pay for importing diffusers.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AnyText2AttnXModel",
-    "AnyText2CaptionEncoder",
-    "AnyText2ControlNetModel",
-    "AnyText2ControlNetOutput",
-    "AnyText2Pipeline",
-    "AnyText2PipelineOutput",
-    "AnyText2TextEmbeddingModel",
-    "AnyText2TextEmbeddingOutput",
-    "CaptionEncoding",
-    "__version__",
-]
+_LAZY = {
+    "AnyText2AttnXModel": "models",
+    "AnyText2ControlNetModel": "models",
+    "AnyText2ControlNetOutput": "models",
+    "PPOCRRecognizer": "models",
+    "PPOCRRecognizerOutput": "models",
+    "AnyText2TextEmbeddingModel": "models",
+    "AnyText2CaptionEncoder": "models",
+    "AnyText2Pipeline": "pipelines",
+}
+
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

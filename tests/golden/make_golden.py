@@ -78,7 +78,9 @@ def install_shims():
     orig = cv2.minAreaRect
 
     def min_area_rect_4x(pts):
-        c, (w, h), a = orig(np.asarray(pts, dtype=np.float32) if np.asarray(pts).dtype.kind == "f" else np.asarray(pts, np.int32))
+        c, (w, h), a = orig(
+            np.asarray(pts, dtype=np.float32) if np.asarray(pts).dtype.kind == "f" else np.asarray(pts, np.int32)
+        )
         if a < 0:
             (w, h, a) = (w, h, 90.0) if a == -90 else (h, w, a + 90)
         return c, (w, h), a
@@ -97,10 +99,20 @@ def main():
     out = {}
     meta = {"glyph": [], "line": [], "pos": [], "hint": []}
     for name, font, text, poly, color, scale in GLYPH_CASES:
-        img = t3.draw_glyph2(ImageFont.truetype(font, 60), text, np.array(poly, np.float32), np.array(color), scale=scale)
+        img = t3.draw_glyph2(
+            ImageFont.truetype(font, 60), text, np.array(poly, np.float32), np.array(color), scale=scale
+        )
         out[f"glyph_{name}"] = np.packbits(img.sum(axis=2) != 0, axis=-1)
-        meta["glyph"].append({"name": name, "font": os.path.basename(font), "text": text, "polygon": poly,
-                              "color": color, "scale": scale})
+        meta["glyph"].append(
+            {
+                "name": name,
+                "font": os.path.basename(font),
+                "text": text,
+                "polygon": poly,
+                "color": color,
+                "scale": scale,
+            }
+        )
     for i, (text, font) in enumerate(LINE_CASES):
         out[f"line_{i}"] = np.packbits(t3.draw_glyph(ImageFont.truetype(font, 60), text)[..., 0] != 0, axis=-1)
         meta["line"].append({"text": text, "font": os.path.basename(font)})

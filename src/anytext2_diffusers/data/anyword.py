@@ -90,8 +90,9 @@ def _annotation(a: dict) -> dict:
     }
 
 
-def records_from_file(path: str, wm_thresh: float = 1.0, percent: float = 1.0, counts: Counter | None = None,
-                      data_root: str | None = None) -> list:
+def records_from_file(
+    path: str, wm_thresh: float = 1.0, percent: float = 1.0, counts: Counter | None = None, data_root: str | None = None
+) -> list:
     """Rows of one annotation file after watermark filtering and ``percent`` truncation.
 
     ``percent`` keeps the first ceil(percent * len(data_list)) records that pass the filter (the
@@ -172,8 +173,13 @@ class AnyWord3M(datasets.GeneratorBasedBuilder):
             held = set(order[:n_val].tolist())
             val = [r for i, r in enumerate(train) if i in held]
             train = [r for i, r in enumerate(train) if i not in held]
-        logger.info("AnyWord3M: %d train, %d validation records; skipped: wm=%d, no img_name=%d",
-                    len(train), len(val), counts["wm_skip"], counts["no_img_name"])
+        logger.info(
+            "AnyWord3M: %d train, %d validation records; skipped: wm=%d, no img_name=%d",
+            len(train),
+            len(val),
+            counts["wm_skip"],
+            counts["no_img_name"],
+        )
         self.load_counts = counts
         return {"train": train, "validation": val}
 
@@ -186,13 +192,21 @@ class AnyWord3M(datasets.GeneratorBasedBuilder):
         return out
 
     def _generate_examples(self, split):
-        for i, row in enumerate(self._records[split]):
-            yield i, row
+        yield from enumerate(self._records[split])
 
 
-def load_anyword(train_files, validation_files=(), *, wm_thresh: float = 1.0, percent: float = 1.0,
-                 validation_fraction: float = 0.0, split_seed: int = 0, data_root: str | None = None,
-                 cache_dir: str | None = None, streaming: bool = False):
+def load_anyword(
+    train_files,
+    validation_files=(),
+    *,
+    wm_thresh: float = 1.0,
+    percent: float = 1.0,
+    validation_fraction: float = 0.0,
+    split_seed: int = 0,
+    data_root: str | None = None,
+    cache_dir: str | None = None,
+    streaming: bool = False,
+):
     """AnyWord rows as a ``datasets.DatasetDict`` (or ``IterableDatasetDict`` when streaming)."""
     if isinstance(train_files, (str, os.PathLike)):
         train_files = [train_files]
@@ -239,8 +253,15 @@ def embed_image_bytes(row: dict) -> dict:
     return {**row, "image": img}
 
 
-def export_parquet(dataset_dict, output_dir: str | None = None, *, embed_images: bool = True,
-                   max_rows_per_shard: int = 10000, push_to_hub: str | None = None, private: bool = True):
+def export_parquet(
+    dataset_dict,
+    output_dir: str | None = None,
+    *,
+    embed_images: bool = True,
+    max_rows_per_shard: int = 10000,
+    push_to_hub: str | None = None,
+    private: bool = True,
+):
     """Write ``{split}-{i:05d}-of-{n:05d}.parquet`` shards (and/or push to a Hub dataset repo).
 
     Returns the written file paths per split. ``load_dataset("parquet", data_files=...)`` or

@@ -48,10 +48,23 @@ def export_main(argv=None):
     if not a.output_dir and not a.push_to_hub:
         ap.error("give --output_dir and/or --push_to_hub")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dd = load_anyword(a.train_data, a.validation_data, wm_thresh=a.wm_thresh, percent=a.dataset_percent,
-                      validation_fraction=a.validation_fraction, split_seed=a.split_seed, cache_dir=a.cache_dir)
-    written = export_parquet(dd, a.output_dir, embed_images=not a.no_embed_images,
-                             max_rows_per_shard=a.max_rows_per_shard, push_to_hub=a.push_to_hub, private=not a.public)
+    dd = load_anyword(
+        a.train_data,
+        a.validation_data,
+        wm_thresh=a.wm_thresh,
+        percent=a.dataset_percent,
+        validation_fraction=a.validation_fraction,
+        split_seed=a.split_seed,
+        cache_dir=a.cache_dir,
+    )
+    written = export_parquet(
+        dd,
+        a.output_dir,
+        embed_images=not a.no_embed_images,
+        max_rows_per_shard=a.max_rows_per_shard,
+        push_to_hub=a.push_to_hub,
+        private=not a.public,
+    )
     for split, paths in written.items():
         print(f"{split}: {len(dd[split])} rows in {len(paths)} shard(s) under {a.output_dir}")
     if a.push_to_hub:
@@ -79,8 +92,14 @@ def preview_main(argv=None):
     ap.add_argument("--no_rand_font", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = DataConfig(resolution=a.resolution, mask_ratio=a.mask_ratio, font_hint_prob=a.font_hint_prob,
-                     color_prob=a.color_prob, font_config=a.font_config, rand_font=not a.no_rand_font)
+    cfg = DataConfig(
+        resolution=a.resolution,
+        mask_ratio=a.mask_ratio,
+        font_hint_prob=a.font_hint_prob,
+        color_prob=a.color_prob,
+        font_config=a.font_config,
+        rand_font=not a.no_rand_font,
+    )
     rows = load_anyword(a.train_data, wm_thresh=a.wm_thresh, percent=a.dataset_percent, cache_dir=a.cache_dir)["train"]
     ds = AnyText2TrainDataset(rows, cfg, seed=a.seed)
     ds.set_epoch(a.epoch)

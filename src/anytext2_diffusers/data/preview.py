@@ -22,7 +22,7 @@ def _panel(arr, title):
 
 
 def _mask(m):
-    return (m.astype(np.uint8) * 255)
+    return m.astype(np.uint8) * 255
 
 
 def preview_image(s: Sample) -> Image.Image:
@@ -50,10 +50,15 @@ def preview_image(s: Sample) -> Image.Image:
     ]
     n = max(s.n_lines, 1)
     lines_h = n * 44
-    text_rows = [f"image_caption: {s.image_caption}", f"text_caption: {s.text_caption}",
-                 "lines: " + " | ".join(f"{t!r} {lang} rgb={tuple(int(v) for v in c)}"
-                                        for t, lang, c in zip(s.texts, s.languages, s.colors)),
-                 f"index {s.index}, faults: {', '.join(s.faults) or 'none'}"]
+    text_rows = [
+        f"image_caption: {s.image_caption}",
+        f"text_caption: {s.text_caption}",
+        "lines: "
+        + " | ".join(
+            f"{t!r} {lang} rgb={tuple(int(v) for v in c)}" for t, lang, c in zip(s.texts, s.languages, s.colors)
+        ),
+        f"index {s.index}, faults: {', '.join(s.faults) or 'none'}",
+    ]
     W = PANEL * 3
     H = 2 * (PANEL + 18) + lines_h + 20 * len(text_rows) * 2 + 10
     canvas = Image.new("RGB", (W, H), (255, 255, 255))
@@ -67,6 +72,6 @@ def preview_image(s: Sample) -> Image.Image:
     y += 4
     for row in text_rows:  # wrap long rows
         for k in range(0, len(row), 90):
-            d.text((4, y), row[k:k + 90], font=load_font(LABEL_FONT, 14), fill=(0, 0, 0))
+            d.text((4, y), row[k : k + 90], font=load_font(LABEL_FONT, 14), fill=(0, 0, 0))
             y += 20
     return canvas.crop((0, 0, W, min(H, y + 6)))

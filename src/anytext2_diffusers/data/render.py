@@ -217,8 +217,9 @@ def render_glyph_in_polygon(
     layer = Image.new("RGBA", (S, S), (0, 0, 0, 0))
     ImageDraw.Draw(layer).text((tx - ox, ty - oy), text, font=font, fill=fill)
     if angle % 360.0 != 0.0:
-        layer = layer.transform((S, S), Image.Transform.AFFINE, _local_rotation(angle, (cx, cy), W, H, ox, oy),
-                                Image.Resampling.NEAREST)
+        layer = layer.transform(
+            (S, S), Image.Transform.AFFINE, _local_rotation(angle, (cx, cy), W, H, ox, oy), Image.Resampling.NEAREST
+        )
     _paste_local(out, _nonzero_after_paste(layer), ox, oy)
 
 

@@ -140,7 +140,9 @@ class FaultCounter:
         self.samples = 0
 
     def update(self, batch_or_samples) -> None:
-        faults = batch_or_samples.faults if isinstance(batch_or_samples, Batch) else [s.faults for s in batch_or_samples]
+        faults = (
+            batch_or_samples.faults if isinstance(batch_or_samples, Batch) else [s.faults for s in batch_or_samples]
+        )
         for f in faults:
             self.samples += 1
             self.counts.update(f)
@@ -350,7 +352,11 @@ class AnyText2TrainDataset(torch.utils.data.Dataset):
         if missing_chars(font, text):
             for alt in list(cands) + [self.fonts.default_font] + list(self.fonts.all_fonts()):
                 if not missing_chars(alt, text):
-                    _note(faults, "missing_glyph", f"{text!r} not in {os.path.basename(font)}; using {os.path.basename(alt)}")
+                    _note(
+                        faults,
+                        "missing_glyph",
+                        f"{text!r} not in {os.path.basename(font)}; using {os.path.basename(alt)}",
+                    )
                     return alt, text
             miss = set(missing_chars(font, text))
             _note(faults, "missing_glyph", f"{text!r}: no font has {''.join(sorted(miss))!r}; removed")
@@ -367,8 +373,15 @@ class AnyText2TrainDataset(torch.utils.data.Dataset):
         caption = self._caption(row, rng, faults)
         lines, invalid = self._lines(row, scale, rng, faults)
         if not lines:  # the reference's placeholder line keeps every rank's collectives in step
-            lines = [_Line(np.array(PLACEHOLDER_POLYGON, np.int32), " ", "Latin", (UNSPECIFIED_COLOR,) * 3,
-                           self.fonts.fonts_for("Latin")[0][0])]
+            lines = [
+                _Line(
+                    np.array(PLACEHOLDER_POLYGON, np.int32),
+                    " ",
+                    "Latin",
+                    (UNSPECIFIED_COLOR,) * 3,
+                    self.fonts.fonts_for("Latin")[0][0],
+                )
+            ]
         if len(lines) > L:
             order = rng.permutation(len(lines))
             invalid += [lines[i].polygon for i in order[L:]]

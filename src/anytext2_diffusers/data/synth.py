@@ -12,12 +12,44 @@ from PIL import Image, ImageDraw, ImageFilter
 from .fonts import BUNDLED_FONT_DIR, load_font
 
 LATIN_WORDS = (
-    "OPEN", "coffee", "SALE", "Hello", "world", "diffusers", "AnyText", "menu", "STOP", "Welcome",
-    "garden", "books", "2024", "FRESH", "bakery", "music", "Exit", "hotel", "taxi", "Summer",
+    "OPEN",
+    "coffee",
+    "SALE",
+    "Hello",
+    "world",
+    "diffusers",
+    "AnyText",
+    "menu",
+    "STOP",
+    "Welcome",
+    "garden",
+    "books",
+    "2024",
+    "FRESH",
+    "bakery",
+    "music",
+    "Exit",
+    "hotel",
+    "taxi",
+    "Summer",
 )
 CHINESE_WORDS = (
-    "你好", "欢迎光临", "中国", "北京", "咖啡", "书店", "开业大吉", "新年快乐", "出口", "学习",
-    "天气", "图书馆", "花园", "音乐", "超市", "饭店",
+    "你好",
+    "欢迎光临",
+    "中国",
+    "北京",
+    "咖啡",
+    "书店",
+    "开业大吉",
+    "新年快乐",
+    "出口",
+    "学习",
+    "天气",
+    "图书馆",
+    "花园",
+    "音乐",
+    "超市",
+    "饭店",
 )
 TRADITIONAL_WORDS = ("歡迎", "書店", "開業", "圖書館", "音樂")
 LATIN_FONTS = ("NotoSans-Regular.ttf", "NotoSerif-Regular.ttf", "DejaVuSans.ttf")
@@ -78,8 +110,9 @@ def _draw_line(im, rng, text, font_path, color, vertical, occupied, size):
     a = math.radians(angle)
     corners = []
     for px, py in ((-tw / 2, -th / 2), (tw / 2, -th / 2), (tw / 2, th / 2), (-tw / 2, th / 2)):
-        corners.append([int(round(cx + px * math.cos(a) + py * math.sin(a))),
-                        int(round(cy - px * math.sin(a) + py * math.cos(a)))])
+        corners.append(
+            [int(round(cx + px * math.cos(a) + py * math.sin(a))), int(round(cy - px * math.sin(a) + py * math.cos(a)))]
+        )
     return corners
 
 
@@ -112,8 +145,12 @@ def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0
     im.save(os.path.join(out_dir, img_name), quality=92)
     scene = SCENES[int(rng.integers(len(SCENES)))]
     caption = f"{scene} with the words {', '.join(words)}. Colourful background" if words else f"{scene}. Plain"
-    return {"img_name": img_name, "caption": caption, "wm_score": round(float(rng.random() * 0.3), 3),
-            "annotations": anns}
+    return {
+        "img_name": img_name,
+        "caption": caption,
+        "wm_score": round(float(rng.random() * 0.3), 3),
+        "annotations": anns,
+    }
 
 
 def _fault_records(out_dir, size):
@@ -125,27 +162,46 @@ def _fault_records(out_dir, size):
     return [
         {"img_name": "does_not_exist.jpg", "caption": "missing file", "annotations": []},
         {"img_name": "corrupt.jpg", "caption": "corrupt file", "annotations": []},
-        {"img_name": "plain.jpg", "caption": "a * star in the caption", "annotations": [
-            {"polygon": [[1, 1], [5, 5]], "text": "two points", "language": "Latin"},
-            {"polygon": [[float("nan"), 3], [9, 9], [3, 9]], "text": "nan", "language": "Latin"},
-            {"polygon": [[900, 900], [990, 900], [990, 990], [900, 990]], "text": "outside", "language": "Latin"},
-            {"polygon": [[50.5, 150.2], [250.7, 150], [250, 220], [50, 220.4]], "text": "float", "language": "Latin",
-             "color": [10, 20, 30]},
-            {"polygon": sq, "text": "   ", "language": "Latin", "color": [0, 0, 0]},
-        ]},
-        {"img_name": "plain.jpg", "annotations": [  # no caption
-            {"polygon": sq, "text": "नमस्ते", "language": "Hindi", "color": [0, 0, 0]},
-            {"polygon": [[50, 300], [250, 300], [250, 370], [50, 370]], "text": "no colour", "language": "Latin"},
-        ]},
+        {
+            "img_name": "plain.jpg",
+            "caption": "a * star in the caption",
+            "annotations": [
+                {"polygon": [[1, 1], [5, 5]], "text": "two points", "language": "Latin"},
+                {"polygon": [[float("nan"), 3], [9, 9], [3, 9]], "text": "nan", "language": "Latin"},
+                {"polygon": [[900, 900], [990, 900], [990, 990], [900, 990]], "text": "outside", "language": "Latin"},
+                {
+                    "polygon": [[50.5, 150.2], [250.7, 150], [250, 220], [50, 220.4]],
+                    "text": "float",
+                    "language": "Latin",
+                    "color": [10, 20, 30],
+                },
+                {"polygon": sq, "text": "   ", "language": "Latin", "color": [0, 0, 0]},
+            ],
+        },
+        {
+            "img_name": "plain.jpg",
+            "annotations": [  # no caption
+                {"polygon": sq, "text": "नमस्ते", "language": "Hindi", "color": [0, 0, 0]},
+                {"polygon": [[50, 300], [250, 300], [250, 370], [50, 370]], "text": "no colour", "language": "Latin"},
+            ],
+        },
     ]
 
 
-def make_demo_data(out_dir: str, n: int = 8, seed: int = 0, resolution: int = 512, with_faults: bool = False,
-                   json_name: str = "data_v1.2b.json", lines_per_image: tuple = (0, 7)) -> str:
+def make_demo_data(
+    out_dir: str,
+    n: int = 8,
+    seed: int = 0,
+    resolution: int = 512,
+    with_faults: bool = False,
+    json_name: str = "data_v1.2b.json",
+    lines_per_image: tuple = (0, 7),
+) -> str:
     """Write ``n`` images and an AnyWord-format annotation JSON into ``out_dir``; return the JSON path.
 
-    ``lines_per_image`` (min, max) text lines drawn per image (some may not fit). With ``with_faults`` a few broken records (missing/corrupt image, bad polygons, empty text, unknown
-    language, missing caption/colour, '*' in a caption) are appended.
+    ``lines_per_image`` (min, max) text lines drawn per image (some may not fit). With ``with_faults`` a
+    few broken records (missing/corrupt image, bad polygons, empty text, unknown language, missing
+    caption/colour, '*' in a caption) are appended.
     """
     img_dir = os.path.join(out_dir, "imgs")
     os.makedirs(img_dir, exist_ok=True)

@@ -1,7 +1,8 @@
-"""Trainable AnyText2 blocks as diffusers models."""
+"""AnyText2 blocks as diffusers models: WriteNet, AttnX, the text embedding, the OCR recognizer."""
 
 from .attnx import AnyText2AttnXModel
 from .conditioning import AnyText2CaptionEncoder, CaptionEncoding
+from .ocr import PPOCRRecognizer, PPOCRRecognizerOutput
 from .text_embedding import AnyText2TextEmbeddingModel, AnyText2TextEmbeddingOutput
 from .writenet import AnyText2ControlNetModel, AnyText2ControlNetOutput
 
@@ -13,4 +14,6 @@ __all__ = [
     "AnyText2TextEmbeddingModel",
     "AnyText2TextEmbeddingOutput",
     "CaptionEncoding",
+    "PPOCRRecognizer",
+    "PPOCRRecognizerOutput",
 ]

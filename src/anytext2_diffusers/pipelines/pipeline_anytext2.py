@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -63,7 +64,7 @@ class _Residuals:
     mid: torch.Tensor
 
 
-class AnyText2Pipeline(DiffusionPipeline):
+class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     r"""AnyText2 (arXiv 2411.15245): write given text lines at given positions, with per-line font and colour.
 
     Components: ``vae``, ``text_encoder`` + ``tokenizer`` (CLIP, both captions), ``unet`` (stock SD1.5 UNet;
@@ -111,6 +112,16 @@ class AnyText2Pipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------
     # AttnX
     # ------------------------------------------------------------------------------------------------
+    def swap_unet(self, unet: UNet2DConditionModel) -> None:
+        """Use another SD1.5-architecture UNet (e.g. a community fine-tune) as the base model while keeping
+        WriteNet, AttnX and the text embedding; AttnX moves its hooks to the new UNet."""
+        if self.unet is not None and tuple(unet.config.block_out_channels) != tuple(
+            self.unet.config.block_out_channels
+        ):
+            raise ValueError("the new UNet must have the same architecture (block_out_channels) as the current one")
+        self.register_modules(unet=unet)
+        self.attach_attnx()
+
     def attach_attnx(self) -> None:
         """Hook ``attnx`` into ``unet`` (idempotent). The UNet's modules and state dict stay stock."""
         if self.attnx is None or self.unet is None:
@@ -309,7 +320,7 @@ class AnyText2Pipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
-        keep_unmasked_area: bool = True,
+        keep_unmasked_area: bool = False,
         sort_priority: str = "vertical",
         max_chars: int = I.MAX_CHARS,
     ):
@@ -334,9 +345,9 @@ class AnyText2Pipeline(DiffusionPipeline):
                 image caption as ``f"{prompt}, {added_prompt}"``.
             strength: WriteNet conditioning scale (reference ``strength`` = ``control_scales``), one value or 13.
             attnx_scale: scale of the AttnX layers.
-            keep_unmasked_area: edit mode only; re-imposes the noised original latents outside the lines after
-                every step (as diffusers' inpainting does), so pixels there survive up to the VAE round trip.
-                ``False`` is the reference, which relies on the masked-latent condition only.
+            keep_unmasked_area: edit mode only; ``True`` re-imposes the noised original latents outside the
+                lines after every step (as diffusers' inpainting does), so pixels there survive up to the VAE
+                round trip. ``False`` (default) is the reference, which relies on the masked-latent condition.
         """
         batch, crops = self.prepare_conditions(
             prompt, texts, positions, mode, image, text_prompt, fonts, colors, height, width, sort_priority, max_chars
@@ -380,7 +391,7 @@ class AnyText2Pipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
-        keep_unmasked_area: bool = True,
+        keep_unmasked_area: bool = False,
     ):
         """Sample from already-rendered conditions (the data module's ``Batch``: one row per image caption,
         e.g. validation samples of the training set). Arguments as ``__call__``."""

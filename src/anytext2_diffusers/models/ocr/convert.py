@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...utils.checkpoint_io import load_state_dict_file
 from .modeling_ppocr import PPOCRRecognizer
 from .vocab import build_character_list
 
@@ -114,7 +115,11 @@ def _onnx_layers(model, path) -> dict[str, list[dict]]:
             w = consts.get(n.input[1])
             if w is None:
                 raise OCRConversionError(f"{path}: Conv node {n.name or n.output[0]} has a non-constant weight")
-            b = consts[n.input[2]] if len(n.input) > 2 and n.input[2] else bias_after(n.output[0], w.shape[0], n.input[1])
+            b = (
+                consts[n.input[2]]
+                if len(n.input) > 2 and n.input[2]
+                else bias_after(n.output[0], w.shape[0], n.input[1])
+            )
             layers["conv"].append({"name": n.input[1], "weight": w, "bias": b})
         elif n.op_type == "BatchNormalization":
             eps = attrs["epsilon"].f if "epsilon" in attrs else 1e-5
@@ -211,7 +216,9 @@ def onnx_to_state_dict(model_onnx, recognizer: PPOCRRecognizer, path="<onnx>") -
             elif src.get("bias") is not None:
                 raise OCRConversionError(f"{path}: {src['name']} has a bias but {name} has none")
             if kind in ("bn", "ln") and not np.isclose(src["eps"], module.eps, rtol=1e-3, atol=0):
-                raise OCRConversionError(f"{path}: {src['name']} epsilon {src['eps']} differs from {name}.eps {module.eps}")
+                raise OCRConversionError(
+                    f"{path}: {src['name']} epsilon {src['eps']} differs from {name}.eps {module.eps}"
+                )
     return state
 
 
@@ -270,22 +277,10 @@ def load_anytext2_ocr_state_dict(
 
 def read_state_dict_file(path) -> dict[str, torch.Tensor]:
     """``.safetensors`` or a torch pickle read with ``weights_only=True`` (a ``state_dict`` entry is unwrapped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise OCRConversionError(f"state dict file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise OCRConversionError(f"{path}: cannot be read with torch.load(weights_only=True): {err}") from err
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise OCRConversionError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return obj
+        return load_state_dict_file(path)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise OCRConversionError(str(err)) from err
 
 
 def recognizer_from_anytext2(
@@ -316,10 +311,16 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--output_dir", required=True, help="folder for config.json + safetensors weights")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--onnx", default=None, help="ch_PP-OCRv3_rec_infer.onnx (default: the one in rapidocr-onnxruntime)")
-    src.add_argument("--state_dict", default=None, help="AnyText2 ppv3_rec.pth or a full checkpoint (.pth/.ckpt/.safetensors)")
+    src.add_argument(
+        "--onnx", default=None, help="ch_PP-OCRv3_rec_infer.onnx (default: the one in rapidocr-onnxruntime)"
+    )
+    src.add_argument(
+        "--state_dict", default=None, help="AnyText2 ppv3_rec.pth or a full checkpoint (.pth/.ckpt/.safetensors)"
+    )
     parser.add_argument("--prefix", default="", help="key prefix inside --state_dict, e.g. 'text_predictor.'")
-    parser.add_argument("--dict", default=None, help="character dictionary for --state_dict (default: shipped ppocr_keys_v1)")
+    parser.add_argument(
+        "--dict", default=None, help="character dictionary for --state_dict (default: shipped ppocr_keys_v1)"
+    )
     args = parser.parse_args(argv)
     if args.state_dict:
         from .vocab import load_character_list

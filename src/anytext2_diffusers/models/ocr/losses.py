@@ -45,8 +45,12 @@ def ctc_loss_per_line(
     log_probs = logits.log_softmax(dim=2).permute(1, 0, 2)
     input_lengths = torch.full((n,), t, dtype=torch.long)
     loss = F.ctc_loss(
-        log_probs, targets.to(logits.device), input_lengths.to(logits.device), target_lengths.to(logits.device),
-        blank=BLANK_INDEX, reduction="none",
+        log_probs,
+        targets.to(logits.device),
+        input_lengths.to(logits.device),
+        target_lengths.to(logits.device),
+        blank=BLANK_INDEX,
+        reduction="none",
     )
     return loss / t * _weights(weights, n, loss)
 

@@ -87,15 +87,24 @@ class MobileNetV1Enhance(nn.Module):
 
     # (in, mid, out, stride, kernel, se) at scale 1.0; the channel widths are multiplied by ``scale``.
     PLAN = (
-        [(32, 32, 64, 1, 3, False), (64, 64, 128, 1, 3, False), (128, 128, 128, 1, 3, False),
-         (128, 128, 256, (2, 1), 3, False), (256, 256, 256, 1, 3, False), (256, 256, 512, (2, 1), 3, False)]
+        [
+            (32, 32, 64, 1, 3, False),
+            (64, 64, 128, 1, 3, False),
+            (128, 128, 128, 1, 3, False),
+            (128, 128, 256, (2, 1), 3, False),
+            (256, 256, 256, 1, 3, False),
+            (256, 256, 512, (2, 1), 3, False),
+        ]
         + [(512, 512, 512, 1, 5, False)] * 5
         + [(512, 512, 1024, (2, 1), 5, True)]
     )
 
     def __init__(self, in_channels=3, scale=0.5, last_conv_stride=(1, 2), last_pool_type="avg"):
         super().__init__()
-        s = lambda c: int(c * scale)
+
+        def s(c):
+            return int(c * scale)
+
         self.conv1 = _BackboneConvBN(in_channels, s(32), 3, 2, 1)
         blocks = [_DepthwiseSeparable(s(i), s(m), s(o), st, k, se) for i, m, o, st, k, se in self.PLAN]
         blocks.append(_DepthwiseSeparable(s(1024), s(1024), s(1024), tuple(last_conv_stride), 5, True))
@@ -250,8 +259,14 @@ class PPOCRRecognizer(ModelMixin, ConfigMixin):
             )
         self.backbone = MobileNetV1Enhance(in_channels, backbone_scale, last_conv_stride, last_pool_type)
         self.neck = _SequenceNeck(
-            in_channels=self.backbone.out_channels, dims=neck_dims, depth=neck_depth, hidden_dims=neck_hidden_dims,
-            num_heads=neck_num_heads, mlp_ratio=neck_mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate,
+            in_channels=self.backbone.out_channels,
+            dims=neck_dims,
+            depth=neck_depth,
+            hidden_dims=neck_hidden_dims,
+            num_heads=neck_num_heads,
+            mlp_ratio=neck_mlp_ratio,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
         )
         self.head = _CTCHead(neck_dims, num_classes)
         self._char_to_id = None
@@ -267,7 +282,9 @@ class PPOCRRecognizer(ModelMixin, ConfigMixin):
 
     def forward(self, pixel_values: torch.Tensor, return_dict: bool = True):
         if pixel_values.ndim != 4 or pixel_values.shape[1] != self.config.in_channels:
-            raise ValueError(f"pixel_values must be (N, {self.config.in_channels}, H, W), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be (N, {self.config.in_channels}, H, W), got {tuple(pixel_values.shape)}"
+            )
         neck = self.neck(self.backbone(pixel_values))
         logits = self.head(neck)
         if not return_dict:

@@ -1,0 +1,149 @@
+"""Whole-folder conversions through ``examples/convert_checkpoint.py``: original <-> pipeline folder, SD1.5 ->
+fresh AnyText2, on the tiny stack (and the parity pack's reference checkpoint when available)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from anytext2_diffusers import AnyText2Pipeline
+from anytext2_diffusers.testing import tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENTS = ("unet", "vae", "text_encoder", "controlnet", "attnx", "text_embedding", "ocr")
+
+
+def run_convert(*args):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "convert_checkpoint.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def same_weights(a, b):
+    for name in COMPONENTS:
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert sa.keys() == sb.keys(), name
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), f"{name}.{k}"
+
+
+def generate(pipe):
+    mask = np.zeros((128, 128), dtype=np.uint8)
+    mask[40:70, 20:110] = 255
+    return pipe(
+        prompt="a sign",
+        texts=["ok"],
+        positions=[mask],
+        height=128,
+        width=128,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+
+
+@pytest.fixture(scope="module")
+def tiny_yaml(tmp_path_factory):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_conversion import tiny_original_config
+
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_original_config()))
+    return path
+
+
+def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml):
+    pipe = tiny_pipeline(0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    run_convert(
+        "--to_original",
+        tmp_path / "orig.safetensors",
+        "--pipeline_dir",
+        tmp_path / "pipe",
+        "--original_config",
+        tiny_yaml,
+    )
+    report = run_convert(
+        "--from_original",
+        tmp_path / "orig.safetensors",
+        "--output_dir",
+        tmp_path / "back",
+        "--original_config",
+        tiny_yaml,
+        "--clip_model_name_or_path",
+        tmp_path / "pipe",
+    )
+    assert "unused keys: 0; missing keys: 0" in report
+    back = AnyText2Pipeline.from_pretrained(tmp_path / "back")
+    same_weights(pipe, back)
+    # Compare loaded with loaded: a freshly constructed CLIP may use another attention implementation.
+    np.testing.assert_array_equal(generate(AnyText2Pipeline.from_pretrained(tmp_path / "pipe")), generate(back))
+
+
+def test_parity_checkpoint_converts_with_every_key_used(parity_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    report = run_convert(
+        "--from_original",
+        parity_dir / "anytext2_tiny_state_dict.safetensors",
+        "--output_dir",
+        tmp_path / "pipe",
+        "--original_config",
+        parity_dir / "tiny_anytext2.yaml",
+        "--clip_model_name_or_path",
+        parity_dir / "tiny_clip",
+    )
+    assert "unused keys: 0; missing keys: 0" in report
+    pipe = AnyText2Pipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.attnx.is_attached
+    run_convert(
+        "--to_original",
+        tmp_path / "again.safetensors",
+        "--pipeline_dir",
+        tmp_path / "pipe",
+        "--original_config",
+        parity_dir / "tiny_anytext2.yaml",
+    )
+    original = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(parity_dir / "anytext2_tiny_state_dict.safetensors").items()
+    }
+    again = load_file(tmp_path / "again.safetensors")
+    assert again.keys() == original.keys()
+    for k in original:
+        assert torch.equal(again[k].to(original[k].dtype), original[k]), k
+
+
+def test_from_sd15_folder_makes_a_loadable_pipeline(tmp_path, tiny_yaml):
+    from anytext2_diffusers.testing import tiny_components, tiny_recognizer
+
+    parts = tiny_components(0)
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        parts[name].save_pretrained(tmp_path / "sd15" / name)
+    tiny_recognizer(1).save_pretrained(tmp_path / "ocr")
+    run_convert(
+        "--from_sd15",
+        tmp_path / "sd15",
+        "--output_dir",
+        tmp_path / "fresh",
+        "--ocr_model",
+        tmp_path / "ocr",
+        "--original_config",
+        tiny_yaml,
+    )
+    pipe = AnyText2Pipeline.from_pretrained(tmp_path / "fresh")
+    assert torch.equal(pipe.controlnet.conv_in.weight, parts["unet"].conv_in.weight)
+    assert pipe.controlnet.fuse_block.weight.abs().sum() == 0
+    ocr = pipe.ocr.state_dict()
+    font = pipe.text_embedding.font_predictor.state_dict()
+    assert all(torch.equal(ocr[k], font[k]) for k in ocr)
+    assert generate(pipe).shape == (1, 128, 128, 3)
