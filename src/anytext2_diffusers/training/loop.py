@@ -1,0 +1,497 @@
+"""The Accelerate training loop: read it top to bottom.
+
+setup (accelerator, components, trainable set, optimizer, data, resume) -> for each batch: one loss,
+one backward, an optimizer step per accumulation window -> log, checkpoint, validate -> final
+pipeline folder, model card, optional Hub upload.
+
+Exact resume: each micro-step draws its noise/timesteps from a generator seeded by (seed, step,
+micro-step, rank) and reseeds the global torch RNG (dropout) the same way, and the data order of an
+epoch is a pure function of (seed, epoch); a resumed run skips the batches the checkpoint had consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, cast_training_params
+from tqdm.auto import tqdm
+
+from ..data import FaultCounter
+from . import checkpointing as ckpt
+from .components import TRAINABLE_COMPONENTS, load_components
+from .data import build_datasets, make_loader
+from .step import AnyText2TrainingModel, FrozenParts
+from .trainable import apply_trainable, describe
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row; a checkpoint of the last good weights was saved."""
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    output_dir: str
+    interrupted: bool = False  # stopped by SIGTERM/SIGINT (a checkpoint was saved)
+    nonfinite_total: int = 0
+    last_logs: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    checkpoint: str | None = None
+    is_main_process: bool = True
+    data_faults: dict = field(default_factory=dict)  # fault kind -> count, this process's batches
+
+
+class TrainingCallback:
+    """Hooks for tests and tools; every method is optional."""
+
+    def on_loss(self, state: ckpt.TrainingState, output):  # may replace the loss output (fault injection)
+        return output
+
+    def on_step_end(self, state: ckpt.TrainingState, logs: dict, batch_indices: list[int]) -> None:
+        pass
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint at the next step boundary and exits cleanly."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+        self.received = signum
+        logger.warning(
+            "received %s: saving a checkpoint at the end of this step, then exiting", signal.Signals(signum).name
+        )
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    value = torch.tensor(float(flag), device=accelerator.device)
+    return accelerator.reduce(value, reduction="sum").item() > 0
+
+
+def _seed_step(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """A generator for this micro-step; also reseeds the global torch RNG (dropout) from the same numbers."""
+    words = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint64)
+    torch.manual_seed(int(words[1]) & 0x7FFF_FFFF_FFFF_FFFF)
+    return torch.Generator().manual_seed(int(words[0]) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _new_window(device) -> dict:
+    """Accumulators of one optimizer step (its micro-batches)."""
+    return dict(
+        loss=torch.zeros(4, device=device), n=0, good=0, bad=False, indices=[], data_wait=0.0, t0=time.perf_counter()
+    )
+
+
+def _move(model, device, dtype) -> None:
+    """``model.to`` that leaves the dtype alone when it already matches (diffusers warns on every cast)."""
+    model.to(device)
+    if model.dtype != dtype:
+        model.to(dtype=dtype)
+
+
+def _upcast_trainable_layers(model) -> None:
+    """Layers holding trainable weights get float32 buffers too: a BatchNorm with float32 weights but
+    half-precision running statistics fails on the CPU and loses precision on the GPU."""
+    for module in model.modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point() and buf.dtype != torch.float32:
+                    setattr(module, name, buf.float())
+
+
+def _step_logs(accelerator, window: dict, grad_norm, lr_scheduler, state, config) -> dict:
+    """Scalars of one optimizer step: losses averaged over its micro-batches and the processes (left out
+    when the step was skipped), lr, gradient norm, throughput and time spent waiting for data."""
+    logs = {}
+    if not window["bad"]:
+        means = (accelerator.reduce(window["loss"], reduction="mean") / max(1, window["good"])).tolist()
+        logs = dict(zip(("t/sim", "t/ocr", "t/ctc", "t/loss"), means))
+    samples = window["n"] * config.train_batch_size * accelerator.num_processes
+    logs.update(
+        {
+            "lr": lr_scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "samples_per_sec": samples / (time.perf_counter() - window["t0"]),
+            "data_wait_sec": window["data_wait"],
+            "nonfinite_total": state.nonfinite_total,
+        }
+    )
+    return logs
+
+
+def _weight_dtype(accelerator) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def _tracker_config(config) -> dict:
+    """Flat scalars/strings for the trackers (TensorBoard's hparams take no lists or None)."""
+    out = {}
+    for k, v in config.to_dict().items():
+        if k == "hub_token":
+            continue
+        out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _register_checkpoint_hooks(accelerator, groups: dict) -> None:
+    """accelerate's save_state/load_state write and read each trainable component with save_pretrained
+    (diffusers' train_controlnet.py pattern) instead of one opaque state dict."""
+    saved = [name for name in TRAINABLE_COMPONENTS if name in groups]
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                for name in saved:
+                    getattr(accelerator.unwrap_model(model), name).save_pretrained(os.path.join(output_dir, name))
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            for name in saved:
+                component = getattr(model, name)
+                folder = os.path.join(input_dir, name)
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError(
+                        f"{input_dir} has no {name}/ (was it written with other trainable switches?)"
+                    )
+                loaded = type(component).from_pretrained(input_dir, subfolder=name)
+                component.load_state_dict(loaded.state_dict())
+                del loaded
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _prepare_demo(config, accelerator) -> None:
+    """--demo without data: synthesise AnyWord-format train/validation sets into output_dir/demo_data."""
+    from ..data import make_demo_data
+
+    root = os.path.join(config.output_dir, "demo_data")
+    train_json = os.path.join(root, "train", "data_v1.2b.json")
+    val_json = os.path.join(root, "validation", "data_v1.2b.json")
+    if accelerator.is_main_process and not (os.path.isfile(train_json) and os.path.isfile(val_json)):
+        size = max(256, config.resolution)
+        make_demo_data(os.path.dirname(train_json), n=config.demo_samples, seed=config.seed, resolution=size)
+        make_demo_data(
+            os.path.dirname(val_json), n=max(2, config.num_validation_images), seed=config.seed + 1000, resolution=size
+        )
+    accelerator.wait_for_everyone()
+    config.train_data = [train_json]
+    config.validation_data = [val_json]
+
+
+def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
+    from .hub import push_to_hub, write_model_card
+    from .output import save_pipeline_folder
+    from .validation import run_validation
+
+    callbacks = callbacks or TrainingCallback()
+    # ---------------------------------------------------------------- accelerator, logging, data
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
+        ),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:  # one voice: other ranks report warnings and errors only
+        for name in ("anytext2_diffusers", "accelerate"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        ckpt.remove_partials(config.output_dir)
+    if config.demo and not config.train_data:
+        _prepare_demo(config, accelerator)
+    if config.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    set_seed(config.seed)
+    train_set, val_set = build_datasets(config)
+
+    # ---------------------------------------------------------------- models and trainable set
+    parts = load_components(config)
+    if accelerator.is_main_process:
+        config.save(os.path.join(config.output_dir, "training_config.yaml"))
+    trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
+    groups = apply_trainable(trainable, config)
+    logger.info(
+        "trainable parameters:\n%s",
+        describe(
+            groups, {**trainable, "vae": parts["vae"], "text_encoder": parts["text_encoder"], "ocr": parts["ocr"]}
+        ),
+    )
+    weight_dtype = _weight_dtype(accelerator)
+    device = accelerator.device
+    for name in ("vae", "text_encoder", "ocr"):
+        _move(parts[name], device, weight_dtype)
+    for name, model in trainable.items():
+        # Frozen weights in half precision, trainable ones as float32 masters.
+        _move(model, device, weight_dtype if name in ("unet", "text_embedding") else torch.float32)
+        cast_training_params(model, dtype=torch.float32)
+        _upcast_trainable_layers(model)
+    if config.gradient_checkpointing:
+        parts["controlnet"].enable_gradient_checkpointing()
+        parts["unet"].enable_gradient_checkpointing()
+    frozen = FrozenParts(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["ocr"], parts["scheduler"])
+    model = AnyText2TrainingModel(
+        parts["unet"], parts["controlnet"], parts["attnx"], parts["text_embedding"], frozen, config
+    )
+    params = [p for group in groups.values() for _, p in group]
+
+    # ---------------------------------------------------------------- optimizer, data, schedule
+    lr = config.learning_rate
+    if config.scale_lr:
+        lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for _, p in group], "name": name} for name, group in groups.items()],
+        lr=lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
+    train_loader = make_loader(train_set, config, shuffle=True)[0]
+    val_loader = make_loader(val_set, config, shuffle=False)[0] if val_set is not None else None
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / config.gradient_accumulation_steps)
+    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
+    )
+    _register_checkpoint_hooks(accelerator, groups)
+    model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
+    ema = None
+    if config.use_ema:
+        ema = EMAModel(params, decay=config.ema_decay)
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
+
+    # ---------------------------------------------------------------- resume
+    selection = {name: len(group) for name, group in groups.items()}
+    state = ckpt.TrainingState(trainable=selection)
+    resume = ckpt.resolve_resume(config.output_dir, config.resume_from_checkpoint)
+    if resume:
+        saved = ckpt.TrainingState.load(resume)
+        if saved.trainable and saved.trainable != selection:
+            raise ValueError(
+                f"{resume} was trained with another trainable set ({saved.trainable} parameter tensors per "
+                f"component, now {selection}): resume with the same --sd_locked/--unlock_qkv/--train_* switches"
+            )
+        accelerator.load_state(resume)
+        state = saved
+        logger.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            resume,
+            state.global_step,
+            state.epoch,
+            state.batches_in_epoch,
+        )
+    if state.batches_in_epoch >= len(train_loader):
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+    logger.info(
+        "%d train samples, %d batches per epoch and process, %d optimizer steps (%d epochs), "
+        "batch %d x %d accumulation x %d processes",
+        len(train_set),
+        len(train_loader),
+        max_steps,
+        num_epochs,
+        config.train_batch_size,
+        config.gradient_accumulation_steps,
+        accelerator.num_processes,
+    )
+
+    def save(reason: str) -> str | None:
+        try:
+            path = ckpt.save_checkpoint(accelerator, config.output_dir, state, config.checkpoints_total_limit)
+            logger.info("saved %s (%s)", path, reason)
+            return path
+        except Exception as err:  # noqa: BLE001 - a failed save must not lose the run or older checkpoints
+            logger.error(
+                "checkpoint at step %d failed (%s: %s); earlier checkpoints are intact",
+                state.global_step,
+                type(err).__name__,
+                err,
+            )
+            return None
+
+    def validate() -> dict:
+        scalars = {}
+        if accelerator.is_main_process and val_set is not None:
+            if ema is not None:
+                ema.store(params)
+                ema.copy_to(params)
+            with accelerator.autocast():
+                scalars = run_validation(
+                    accelerator, accelerator.unwrap_model(model), parts, val_loader, val_set, config, state.global_step
+                )
+            if ema is not None:
+                ema.restore(params)
+            accelerator.log(scalars, step=state.global_step)
+            logger.info(
+                "validation at step %d: %s", state.global_step, ", ".join(f"{k}={v:.4f}" for k, v in scalars.items())
+            )
+        accelerator.wait_for_everyone()
+        return scalars
+
+    # ---------------------------------------------------------------- the loop
+    result = TrainResult(
+        global_step=state.global_step, output_dir=config.output_dir, is_main_process=accelerator.is_main_process
+    )
+    progress = tqdm(
+        total=max_steps, initial=state.global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
+    faults = FaultCounter()
+    window = _new_window(device)
+    validation_scalars: dict = {}
+    model.train()
+    with _StopSignal() as stop:
+        while state.global_step < max_steps and state.epoch < num_epochs and stop.received is None:
+            # Through the loader: load_state may have swapped in the checkpoint's (pickled) sampler.
+            train_loader.set_epoch(state.epoch)
+            loader = (
+                accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+                if state.batches_in_epoch
+                else train_loader
+            )
+            t_data = time.perf_counter()
+            for batch in loader:
+                window["data_wait"] += time.perf_counter() - t_data
+                state.batches_in_epoch += 1
+                faults.update(batch)
+                with accelerator.accumulate(model):
+                    generator = _seed_step(config.seed, state.global_step, window["n"], accelerator.process_index)
+                    out = callbacks.on_loss(state, model(batch.to(device), generator))
+                    if not _any_process(accelerator, not torch.isfinite(out.loss.detach()).item()):
+                        accelerator.backward(out.loss)
+                        window["loss"] += (
+                            torch.stack([out.simple.mean(), out.ocr.mean(), out.ctc.mean(), out.loss]).detach().float()
+                        )
+                        window["good"] += 1
+                    else:  # every process still runs a backward (DDP expects one); the window's update is dropped
+                        accelerator.backward(torch.nan_to_num(out.loss) * 0.0)
+                        window["bad"] = True
+                    window["n"] += 1
+                    window["indices"] += batch.index.tolist()
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        limit = config.max_grad_norm if config.max_grad_norm else float("inf")
+                        grad_norm = accelerator.clip_grad_norm_(params, limit)
+                        if not window["bad"] and torch.isfinite(grad_norm):
+                            optimizer.step()
+                        else:
+                            window["bad"] = True
+                        lr_scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
+
+                if accelerator.sync_gradients:
+                    state.global_step += 1
+                    state.samples_seen += window["n"] * config.train_batch_size * accelerator.num_processes
+                    if window["bad"]:
+                        state.nonfinite_total += 1
+                        state.nonfinite_in_a_row += 1
+                        logger.warning(
+                            "step %d: non-finite loss or gradient, update skipped (%d in a row, %d total)",
+                            state.global_step,
+                            state.nonfinite_in_a_row,
+                            state.nonfinite_total,
+                        )
+                    else:
+                        state.nonfinite_in_a_row = 0
+                        if ema is not None:
+                            ema.step(params)
+                    logs = _step_logs(accelerator, window, grad_norm, lr_scheduler, state, config)
+                    if state.global_step % config.logging_steps == 0:
+                        accelerator.log(logs, step=state.global_step)
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{logs.get('t/loss', float('nan')):.4f}", lr=f"{logs['lr']:.2e}")
+                    result.last_logs = logs
+                    callbacks.on_step_end(state, logs, window["indices"])
+                    window = _new_window(device)
+
+                    if state.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                        path = save("non-finite losses")
+                        raise TrainingDiverged(
+                            f"stopped at step {state.global_step}: {state.nonfinite_in_a_row} non-finite losses in a "
+                            f"row (updates skipped, weights unchanged since step "
+                            f"{state.global_step - state.nonfinite_in_a_row}); checkpoint: {path}. Lower the "
+                            "learning rate, use bf16/fp32, or check the data."
+                        )
+                    # Collective: a signal that reached one process only must stop (and save on) all of them.
+                    if _any_process(accelerator, stop.received is not None):
+                        stop.received = stop.received or signal.SIGTERM
+                        result.checkpoint = save(f"signal {signal.Signals(stop.received).name}")
+                        result.interrupted = True
+                        break
+                    if config.checkpointing_steps and state.global_step % config.checkpointing_steps == 0:
+                        result.checkpoint = save("checkpointing_steps")
+                    if (
+                        config.validation_steps
+                        and state.global_step % config.validation_steps == 0
+                        and state.global_step < max_steps
+                    ):
+                        validation_scalars = validate()
+                    if state.global_step >= max_steps:
+                        break
+                t_data = time.perf_counter()
+            else:  # the epoch ran to its end
+                logger.info("epoch %d done; %s", state.epoch, faults.summary())
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+                if config.checkpointing_epochs and state.epoch % config.checkpointing_epochs == 0:
+                    result.checkpoint = save("checkpointing_epochs")
+    progress.close()
+    result.global_step, result.nonfinite_total = state.global_step, state.nonfinite_total
+    result.data_faults = dict(faults.counts)
+    logger.info("%s", faults.summary())
+    if result.interrupted:
+        accelerator.end_training()
+        return result
+
+    # ---------------------------------------------------------------- validation, final folder, hub
+    validation_scalars = validate() or validation_scalars
+    result.validation = validation_scalars
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(params)
+        save_pipeline_folder(parts, config.output_dir)
+        write_model_card(config, state.global_step, validation_scalars)
+        if config.push_to_hub:
+            push_to_hub(config)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
