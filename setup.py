@@ -54,6 +54,7 @@ setup(
             "anytext2-make-demo-data=anytext2_diffusers.data.cli:make_demo_data_main",
             "anytext2-preview-dataset=anytext2_diffusers.data.cli:preview_main",
             "anytext2-eval=anytext2_diffusers.evaluation.cli:main",
+            "anytext2-train=anytext2_diffusers.training:main",
         ]
     },
 )
