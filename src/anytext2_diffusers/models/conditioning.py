@@ -147,7 +147,9 @@ class AnyText2CaptionEncoder:
     def tokenize_image_captions(self, captions: Sequence[str]) -> torch.Tensor:
         """(B, max_length * n_chunks): padding to the longest caption, no truncation, then chunked."""
         captions = _as_list(captions, "image captions")
-        ids = self.tokenizer(captions, truncation=False, padding="longest", return_tensors="pt", verbose=False)["input_ids"]
+        ids = self.tokenizer(captions, truncation=False, padding="longest", return_tensors="pt", verbose=False)[
+            "input_ids"
+        ]
         return torch.cat(split_chunks(ids, self.chunk_size), dim=1)
 
     def tokenize_text_captions(self, captions: Sequence[str]) -> torch.Tensor:
