@@ -251,9 +251,22 @@ def test_merge_lora_at_end_with_full_decoder_training(assets):
     assert diff <= 1e-5
 
 
+# Leaf convs of WriteNet's fully trained parts, named exactly: without the exclusion they would get adapters.
+ZERO_AND_ENCODER_CONVS = [
+    "fuse_block",
+    "controlnet_mid_block",
+    "controlnet_down_blocks.0",
+    "glyph_block.0",
+    "position_block.0",
+]
+
+
 def test_writenet_adapters_skip_its_zero_convs_and_encoders():
     config = TrainingConfig(
-        tiny_model=True, lora_rank=2, lora_components=["controlnet"], lora_target_modules=["to_q", "conv", "proj_in"]
+        tiny_model=True,
+        lora_rank=2,
+        lora_components=["controlnet"],
+        lora_target_modules=["to_q", *ZERO_AND_ENCODER_CONVS],
     )
     parts = tiny_components(0)
     parts = dict(
@@ -268,6 +281,7 @@ def test_writenet_adapters_skip_its_zero_convs_and_encoders():
         assert any(n.startswith(prefix + ".") for n in names), prefix
         assert not any(n.startswith(prefix + ".") and lora.is_lora_param(n) for n in names), prefix
     assert not any(".base_layer." in n for n in names)
+    assert any(".to_q.lora_A." in n for n in names)
     assert "unet" not in groups and [n for n, _ in groups["attnx"]]  # AttnX trains in full, the UNet not at all
 
 
