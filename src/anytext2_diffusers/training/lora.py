@@ -29,6 +29,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
 from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
@@ -197,6 +198,7 @@ def save_final(parts: dict, config, save_pipeline_folder: Callable[[dict, str], 
     _remove_adapter_files(out)
     if config.merge_lora_at_end:
         for name in names:
+            parts[name].to(torch.float32)  # merge into float32 (the base may be fp16/bf16 under mixed precision)
             merge_adapters(parts[name])
         save_pipeline_folder(parts, out)
         logger.info("merged the LoRA adapters of %s into the saved weights", ", ".join(names))
