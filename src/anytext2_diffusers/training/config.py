@@ -92,6 +92,24 @@ class TrainingConfig:
         True, "Decode x0 with the VAE for the OCR losses (else a grey bilinear upsampling of the latent)."
     )
     glyph_scale: int = _opt(1, "WriteNet glyph resolution factor (1 or 2), for a fresh WriteNet.")
+    # --- LoRA (docs/lora.md) --------------------------------------------------------------------
+    lora_rank: int = _opt(0, "LoRA rank; > 0 trains LoRA adapters on --lora_components instead of full weights.")
+    lora_alpha: float | None = _opt(None, "LoRA alpha (scale alpha/rank); default: the rank.", type=float)
+    lora_dropout: float = _opt(0.0, "Dropout on the LoRA branch.")
+    lora_target_modules: list = _opt(
+        ["to_q", "to_k", "to_v", "to_out.0"],
+        "Module names (suffixes) that get adapters: by default the attention projections.",
+        nargs="+",
+        type=str,
+    )
+    lora_components: list = _opt(
+        ["unet"],
+        "Components trained with LoRA: unet (replaces --unlock_qkv), controlnet (WriteNet), attnx.",
+        nargs="+",
+        type=str,
+        choices=["unet", "controlnet", "attnx"],
+    )
+    merge_lora_at_end: bool = _opt(False, "Write merged weights in the final folder instead of adapter files.")
     # --- optimisation -------------------------------------------------------------------------
     train_batch_size: int = _opt(3, "Batch size per device.")
     gradient_accumulation_steps: int = _opt(2, "Micro-batches per optimizer step.")
@@ -158,6 +176,20 @@ class TrainingConfig:
             raise ValueError(f"glyph_scale must be 1 or 2, got {self.glyph_scale}")
         if self.gradient_accumulation_steps < 1 or self.train_batch_size < 1:
             raise ValueError("train_batch_size and gradient_accumulation_steps must be >= 1")
+        self.lora_components = list(self.lora_components)
+        self.lora_target_modules = list(self.lora_target_modules)
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
+        unknown = sorted(set(self.lora_components) - {"unet", "controlnet", "attnx"})
+        if unknown:
+            raise ValueError(f"lora_components: unknown {unknown} (choose from unet, controlnet, attnx)")
+        if self.lora_rank and self.unlock_qkv and "unet" in self.lora_components:
+            raise ValueError(
+                "--unlock_qkv trains the UNet's q/k/v in full; with --lora_rank the UNet's attention trains as "
+                "LoRA adapters instead: drop --unlock_qkv (or 'unet' from --lora_components)"
+            )
+        if self.merge_lora_at_end and not self.lora_rank:
+            raise ValueError("--merge_lora_at_end needs --lora_rank > 0")
 
     @property
     def uses_ocr_losses(self) -> bool:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..data import FaultCounter
 from . import checkpointing as ckpt
+from . import lora
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
 from .step import AnyText2TrainingModel, FrozenParts
@@ -60,6 +61,9 @@ class TrainingCallback:
         return output
 
     def on_step_end(self, state: ckpt.TrainingState, logs: dict, batch_indices: list[int]) -> None:
+        pass
+
+    def on_train_end(self, parts: dict) -> None:  # the trained components, before the final folder is written
         pass
 
 
@@ -170,7 +174,11 @@ def _register_checkpoint_hooks(accelerator, groups: dict) -> None:
         if accelerator.is_main_process:
             for model in models:
                 for name in saved:
-                    getattr(accelerator.unwrap_model(model), name).save_pretrained(os.path.join(output_dir, name))
+                    component = getattr(accelerator.unwrap_model(model), name)
+                    if lora.has_adapter(component):  # adapter + fully trained parameters only (small)
+                        lora.save_adapter(component, os.path.join(output_dir, f"{name}_lora"), with_trained_base=True)
+                    else:
+                        component.save_pretrained(os.path.join(output_dir, name))
         while weights:
             weights.pop()
 
@@ -179,6 +187,9 @@ def _register_checkpoint_hooks(accelerator, groups: dict) -> None:
             model = accelerator.unwrap_model(models.pop())
             for name in saved:
                 component = getattr(model, name)
+                if lora.has_adapter(component):
+                    lora.load_adapter(component, os.path.join(input_dir, f"{name}_lora"))
+                    continue
                 folder = os.path.join(input_dir, name)
                 if not os.path.isdir(folder):
                     raise FileNotFoundError(
@@ -244,6 +255,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if accelerator.is_main_process:
         config.save(os.path.join(config.output_dir, "training_config.yaml"))
     trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
+    lora.add_adapters(trainable, config)  # --lora_rank: peft adapters, before the trainable selection
     groups = apply_trainable(trainable, config)
     logger.info(
         "trainable parameters:\n%s",
@@ -257,7 +269,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         _move(parts[name], device, weight_dtype)
     for name, model in trainable.items():
         # Frozen weights in half precision, trainable ones as float32 masters.
-        _move(model, device, weight_dtype if name in ("unet", "text_embedding") else torch.float32)
+        half = name in ("unet", "text_embedding", *lora.lora_components(config))
+        _move(model, device, weight_dtype if half else torch.float32)
         cast_training_params(model, dtype=torch.float32)
         _upcast_trainable_layers(model)
     if config.gradient_checkpointing:
@@ -310,7 +323,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         if saved.trainable and saved.trainable != selection:
             raise ValueError(
                 f"{resume} was trained with another trainable set ({saved.trainable} parameter tensors per "
-                f"component, now {selection}): resume with the same --sd_locked/--unlock_qkv/--train_* switches"
+                f"component, now {selection}): resume with the same --sd_locked/--unlock_qkv/--train_*/--lora_* "
+                "switches"
             )
         accelerator.load_state(resume)
         state = saved
@@ -488,7 +502,11 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(params)
-        save_pipeline_folder(parts, config.output_dir)
+        callbacks.on_train_end(parts)
+        if lora.lora_components(config):
+            lora.save_final(parts, config, save_pipeline_folder)  # base components + adapters, or merged
+        else:
+            save_pipeline_folder(parts, config.output_dir)
         write_model_card(config, state.global_step, validation_scalars)
         if config.push_to_hub:
             push_to_hub(config)

@@ -20,6 +20,8 @@ import re
 
 from torch import nn
 
+from . import lora
+
 # UNet parameter name patterns (diffusers layout).
 _QKV = re.compile(r"\.attn2\.to_[qkv]\.")
 _DECODER = ("up_blocks.", "conv_norm_out.", "conv_out.")
@@ -57,6 +59,8 @@ def select_trainable(components: dict[str, nn.Module], config) -> dict[str, list
         "text_embedding": lambda name: text_embedding_trainable(name, config),
         "unet": lambda name: unet_trainable(name, config),
     }
+    # --lora_rank: adapter weights (+ the parts that keep full training) on the LoRA components.
+    rules = {component: lora.trainable_rule(component, config, rule) for component, rule in rules.items()}
     groups = {}
     for component, rule in rules.items():
         model = components.get(component)
