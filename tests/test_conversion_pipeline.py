@@ -123,7 +123,7 @@ def test_parity_checkpoint_converts_with_every_key_used(parity_dir, tmp_path):
         assert torch.equal(again[k].to(original[k].dtype), original[k]), k
 
 
-def test_from_sd15_folder_makes_a_loadable_pipeline(tmp_path, tiny_yaml):
+def fresh_from_sd15(tmp_path, tiny_yaml):
     from anytext2_diffusers.testing import tiny_components, tiny_recognizer
 
     parts = tiny_components(0)
@@ -140,10 +140,35 @@ def test_from_sd15_folder_makes_a_loadable_pipeline(tmp_path, tiny_yaml):
         "--original_config",
         tiny_yaml,
     )
-    pipe = AnyText2Pipeline.from_pretrained(tmp_path / "fresh")
+    return parts, tmp_path / "fresh"
+
+
+def test_from_sd15_folder_makes_a_loadable_pipeline_that_trains(tmp_path, tiny_yaml):
+    from _training_helpers import make_data, tiny_config
+
+    from anytext2_diffusers.training import train
+
+    parts, fresh = fresh_from_sd15(tmp_path, tiny_yaml)
+    pipe = AnyText2Pipeline.from_pretrained(fresh)
     assert torch.equal(pipe.controlnet.conv_in.weight, parts["unet"].conv_in.weight)
     assert pipe.controlnet.fuse_block.weight.abs().sum() == 0
     ocr = pipe.ocr.state_dict()
     font = pipe.text_embedding.font_predictor.state_dict()
     assert all(torch.equal(ocr[k], font[k]) for k in ocr)
     assert generate(pipe).shape == (1, 128, 128, 3)
+
+    data = make_data(str(tmp_path / "data"), n=2, seed=0)
+    config = tiny_config(
+        str(tmp_path / "run"),
+        data,
+        str(tmp_path / "ocr"),
+        tiny_model=False,
+        pretrained_model_name_or_path=str(fresh),
+        max_train_steps=1,
+        learning_rate=1e-3,
+    )
+    result = train(config)
+    assert result.global_step == 1
+    trained = AnyText2Pipeline.from_pretrained(tmp_path / "run")
+    # One step moves the zero convs (the fuse conv behind them only gets gradients once they are non-zero).
+    assert trained.controlnet.controlnet_mid_block.weight.abs().sum() > 0
