@@ -221,7 +221,7 @@ def test_logging_and_validation_on_the_main_process_only(two_process_run):
     assert len(events) >= 1 and len(writers) == 1, events  # one process wrote them (hparams add a subfolder)
     log = proc.stdout + proc.stderr
     assert log.count("validation at step 2:") == 1 and log.count("validation at step 3:") == 1  # + the final one
-    assert sorted(os.listdir(os.path.join(out, "validation"))) == ["step-2.png", "step-3.png"]
+    assert sorted(os.listdir(os.path.join(out, "validation"))) == ["step-000002.png", "step-000003.png"]
     assert len(re.findall(r"saved \S+checkpoint-\d \(checkpointing_steps\)", log)) == 3  # not one per process
     assert [r["is_main_process"] for r in read_ranks(out)] == [True, False]
 
