@@ -120,3 +120,33 @@ def compile_models(model, mode: str | None = None) -> None:
     for name in ("unet", "controlnet"):
         getattr(model, name).compile(mode=mode)
     logger.info("torch.compile: unet, controlnet (mode=%s)", mode or "default")
+
+
+def build_training_model(config, device="cpu", dtype=torch.float32, base: dict | None = None):
+    """(AnyText2TrainingModel in train mode, trainable groups, components): the loop's model set-up
+    without Accelerate, for tests and ``benchmarks/bench_train_step.py``. Frozen models in ``dtype``,
+    trainable weights float32 (as the loop under mixed precision). ``base``: SD1.5 parts (unet, vae,
+    text_encoder, tokenizer, scheduler) to build on instead of ``config``'s model."""
+    from .components import TRAINABLE_COMPONENTS, _new_anytext2_parts, load_components
+    from .step import AnyText2TrainingModel, FrozenParts
+    from .trainable import apply_trainable
+
+    parts = load_components(config) if base is None else _new_anytext2_parts(base, config)
+    trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
+    groups = apply_trainable(trainable, config)
+    for name in ("vae", "text_encoder", "ocr"):
+        parts[name].to(device, dtype)
+    for name, model in trainable.items():
+        model.to(device, dtype if name in ("unet", "text_embedding") else torch.float32)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    if getattr(config, "channels_last", False):
+        use_channels_last(parts["unet"], parts["controlnet"])
+    frozen = FrozenParts(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["ocr"], parts["scheduler"])
+    model = AnyText2TrainingModel(
+        parts["unet"], parts["controlnet"], parts["attnx"], parts["text_embedding"], frozen, config
+    ).train()
+    if getattr(config, "torch_compile", False):
+        compile_models(model)
+    return model, groups, parts
