@@ -106,22 +106,24 @@ def sd15_base(seed: int = 0) -> dict:
     )
 
 
-def setup(args, workdir: str):
-    """(config, AnyText2 model, trainable groups, components, batch on the device)."""
+def base_parts(args) -> dict:
+    """The SD1.5 parts both variants share (same seed: the same UNet)."""
+    from anytext2_diffusers.testing import tiny_components
+
+    return tiny_components(seed=0) if args.size == "tiny" else sd15_base()
+
+
+def make_batch(args, workdir: str):
+    """(config, one training batch) rendered from synthetic AnyWord-format data."""
     from anytext2_diffusers.data import Collator, make_demo_data
     from anytext2_diffusers.training.data import build_datasets
-    from anytext2_diffusers.training.speed import build_training_model
 
-    data = make_demo_data(os.path.join(workdir, "data"), n=args.batch_size, seed=0, resolution=max(256, args.resolution))
+    data = make_demo_data(
+        os.path.join(workdir, "data"), n=args.batch_size, seed=0, resolution=max(256, args.resolution)
+    )
     config = training_config(args, data, os.path.join(workdir, "out"))
     dataset, _ = build_datasets(config)
-    batch = Collator(config.max_lines)([dataset[(0, i)] for i in range(args.batch_size)])
-    base = sd15_base() if args.size == "sd15" else None
-    model, groups, parts = build_training_model(config, args.device, DTYPES[args.dtype], base=base)
-    if args.gradient_checkpointing:
-        parts["unet"].enable_gradient_checkpointing()
-        parts["controlnet"].enable_gradient_checkpointing()
-    return config, model, groups, parts, batch.to(args.device)
+    return config, Collator(config.max_lines)([dataset[(0, i)] for i in range(args.batch_size)]).to(args.device)
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -175,10 +177,14 @@ def measure(args, step, params: list, optimizer) -> dict:
 
 # ------------------------------------------------------------------------------------------------ variants
 def anytext2_variant(args) -> dict:
-    from anytext2_diffusers.training.speed import sample_generators
+    from anytext2_diffusers.training.speed import build_training_model, sample_generators
 
     with tempfile.TemporaryDirectory() as workdir:
-        config, model, groups, _, batch = setup(args, workdir)
+        config, batch = make_batch(args, workdir)
+        model, groups, parts = build_training_model(config, args.device, DTYPES[args.dtype], base=base_parts(args))
+        if args.gradient_checkpointing:
+            parts["unet"].enable_gradient_checkpointing()
+            parts["controlnet"].enable_gradient_checkpointing()
         params = [p for group in groups.values() for _, p in group]
         optimizer = torch.optim.AdamW(params, lr=1e-5)
         counter = {"step": 0}
@@ -215,11 +221,17 @@ def controlnet_variant(args) -> dict:
     from diffusers import ControlNetModel
 
     with tempfile.TemporaryDirectory() as workdir:
-        _, _, _, parts, batch = setup(args, workdir)
+        _, batch = make_batch(args, workdir)
     device, dtype = args.device, DTYPES[args.dtype]
+    parts = base_parts(args)
     unet, vae, text_encoder, tokenizer = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
-    unet.requires_grad_(False)
-    controlnet = ControlNetModel.from_unet(unet).to(device).train()  # float32 master weights
+    for model in (unet, vae, text_encoder):  # frozen, in the weight dtype (as train_controlnet.py)
+        model.requires_grad_(False).to(device, dtype)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    controlnet = ControlNetModel.from_unet(unet).to(device, torch.float32).train()  # float32 master weights
     if args.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
     if args.channels_last:
@@ -231,7 +243,10 @@ def controlnet_variant(args) -> dict:
     cond = batch.glyphs.float().expand(-1, 3, -1, -1)
     cond = F.interpolate(cond, size=images.shape[-2:], mode="nearest").to(device, dtype)
     ids = tokenizer(
-        batch.image_caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        batch.image_caption,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
         return_tensors="pt",
     ).input_ids.to(device)
     generator = torch.Generator().manual_seed(0)
@@ -282,7 +297,8 @@ def main(argv=None) -> dict:
         r = rows[name]
         print(
             f"{name:>11}: {r['step_s']:.3f} s/step, {r['images_per_s']:.2f} img/s, peak {r['peak_mb']:.0f} MB, "
-            f"{r['trainable_params'] / 1e6:.2f} M trainable, optimizer state {r['optimizer_state_bytes'] / 2**20:.1f} MiB, "
+            f"{r['trainable_params'] / 1e6:.2f} M trainable, "
+            f"optimizer state {r['optimizer_state_bytes'] / 2**20:.1f} MiB, "
             f"{r['tflop_per_step'] * 1e3:.1f} GFLOP/step",
             file=sys.stderr,
         )

@@ -36,6 +36,7 @@ from anytext2_diffusers.training import TrainingCallback, train
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "_distributed_driver.py")
 SRC = os.path.join(os.path.dirname(HERE), "src")
+CONFIGS = os.path.join(os.path.dirname(HERE), "configs", "accelerate")
 TIMEOUT = 300  # seconds per launch; a hung rendezvous fails the test instead of the suite
 
 COMMON = dict(
@@ -69,20 +70,14 @@ def launch(config: dict, launcher_args: list[str], workdir) -> subprocess.Comple
 
 
 def two_processes(port: int) -> list[str]:
+    """configs/accelerate/cpu_ddp_2.yaml with a free port."""
     return [
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_ip",
-        "127.0.0.1",
+        "--config_file",
+        os.path.join(CONFIGS, "cpu_ddp_2.yaml"),
         "--main_process_port",
         str(port),
+        "--dynamo_backend",
+        "no",
     ]
 
 

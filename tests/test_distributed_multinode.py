@@ -1,6 +1,6 @@
-"""Multi-node launch, simulated: 2 "machines" of 1 process each on 127.0.0.1 (``accelerate launch
---num_machines 2 --machine_rank r --main_process_ip 127.0.0.1``), the way ``configs/accelerate/
-multi_node.yaml`` is used on a real cluster, complete a short run as one gloo group."""
+"""Multi-node launch, simulated: 2 "machines" of 1 process each on 127.0.0.1 launched with
+``configs/accelerate/multi_node.yaml`` (``--machine_rank r --main_process_ip 127.0.0.1``, as on a real
+cluster) complete a short run as one gloo group."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from _training_helpers import make_data, save_small_recognizer
-from test_distributed import DRIVER, SRC, TIMEOUT, free_port, read_ranks
+from test_distributed import CONFIGS, DRIVER, SRC, TIMEOUT, free_port, read_ranks
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +43,17 @@ def test_two_nodes_over_loopback(assets):
             sys.executable,
             "-m",
             "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_machines",
-            "2",
-            "--num_processes",
-            "2",  # in total, as in multi_node.yaml
+            "--config_file",
+            os.path.join(CONFIGS, "multi_node.yaml"),
+            # the fields multi_node.yaml marks EDIT, and what a CPU box needs instead of 2 x 8 GPUs:
             "--machine_rank",
             str(rank),
             "--main_process_ip",
             "127.0.0.1",
             "--main_process_port",
             str(port),
-            "--rdzv_backend",
-            "static",
-            "--same_network",
+            "--num_processes",
+            "2",  # in total over the 2 "machines"
             "--mixed_precision",
             "no",
             "--dynamo_backend",

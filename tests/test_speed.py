@@ -46,7 +46,9 @@ def loss(model, batch, step=0):
 def test_per_sample_draws_do_not_depend_on_the_batch_split(setup):
     _, model, batch, collate, train_set = setup
     whole = loss(model, batch).simple
-    halves = torch.cat([loss(model, collate([train_set[(0, i)] for i in idx])).simple for idx in ([0, 1, 2], [3, 4, 5])])
+    halves = torch.cat(
+        [loss(model, collate([train_set[(0, i)] for i in idx])).simple for idx in ([0, 1, 2], [3, 4, 5])]
+    )
     torch.testing.assert_close(whole, halves, rtol=1e-5, atol=1e-7)
     other_step = loss(model, batch, step=1).simple
     assert not torch.allclose(whole, other_step)  # draws change with the step
@@ -105,7 +107,13 @@ def test_bench_train_step_prints_json(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("anytext2_step_s", "controlnet_step_s", "ratio_vs_controlnet", "anytext2_peak_mb", "controlnet_peak_mb"):
+    for key in (
+        "anytext2_step_s",
+        "controlnet_step_s",
+        "ratio_vs_controlnet",
+        "anytext2_peak_mb",
+        "controlnet_peak_mb",
+    ):
         assert result[key] > 0, key
     assert result["ratio_vs_controlnet"] == pytest.approx(result["anytext2_step_s"] / result["controlnet_step_s"])
     assert result["anytext2_trainable_params"] > 0 and result["controlnet_trainable_params"] > 0

@@ -101,9 +101,7 @@ class LatentCache:
         if need_blank:
             self.blank[shape] = (mean[-1].clone(), std[-1].clone())
         image = tuple(torch.stack([self.images[key][c] for key in keys]) for c in (0, 1))
-        masked = tuple(
-            torch.stack([live[i][c] if edit[i] else self.blank[shape][c] for i in range(n)]) for c in (0, 1)
-        )
+        masked = tuple(torch.stack([live[i][c] if edit[i] else self.blank[shape][c] for i in range(n)]) for c in (0, 1))
         return image, masked
 
 
