@@ -147,6 +147,14 @@ def test_yaml_then_command_line(tmp_path):
     assert again.to_dict() == {**c.to_dict(), "hub_token": None}
 
 
+def test_step_checkpoints_replace_the_epoch_default():
+    assert parse_args([]).checkpointing_epochs == 1
+    c = parse_args(["--checkpointing_steps", "500"])
+    assert (c.checkpointing_steps, c.checkpointing_epochs) == (500, 0)
+    c = parse_args(["--checkpointing_steps", "500", "--checkpointing_epochs", "2"])
+    assert (c.checkpointing_steps, c.checkpointing_epochs) == (500, 2)
+
+
 def test_bad_yaml_key_and_values(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("learning_rat: 1e-4\n")

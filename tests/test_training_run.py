@@ -22,6 +22,9 @@ from safetensors.torch import load_file
 from anytext2_diffusers.training import TrainingCallback, TrainingDiverged, hub, parse_args, train
 from anytext2_diffusers.training import checkpointing as ckpt
 
+# One torch thread: on a shared 2-core box it is faster than two (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
@@ -242,6 +245,44 @@ def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
         full = os.path.join(config.output_dir, path)
         if path.endswith((".md", ".json", ".yaml", ".txt")):
             assert "hf_secret_token_value" not in open(full, encoding="utf-8", errors="ignore").read(), path
+
+
+def test_script_entry_point(assets, capsys):
+    """What examples/train_anytext2.py runs: argv -> config -> train -> exit code and the "open next" lines."""
+    from anytext2_diffusers.training import main
+
+    out = str(assets["root"] / "cli")
+    argv = [
+        "--tiny_model",
+        "--train_data",
+        assets["train"],
+        "--ocr_model_name_or_path",
+        assets["ocr"],
+        "--output_dir",
+        out,
+        "--resolution",
+        "64",
+        "--max_lines",
+        "2",
+        "--train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--max_train_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--checkpointing_epochs",
+        "0",
+        "--cache_dir",
+        str(assets["root"] / "hf_cache"),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Done in" in printed and "tensorboard --logdir" in printed and "from_pretrained" in printed
+    assert os.path.isfile(os.path.join(out, "model_index.json"))
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "train_anytext2.py")
+    assert "from anytext2_diffusers.training import main" in open(script).read()
 
 
 def test_parquet_export_trains(assets):

@@ -135,7 +135,11 @@ class TrainingConfig:
     # --- checkpoints --------------------------------------------------------------------------
     output_dir: str = _opt("anytext2-model", "Checkpoints, logs and the final pipeline folder.")
     checkpointing_steps: int | None = _opt(None, "Save a checkpoint every N optimizer steps.", type=int)
-    checkpointing_epochs: int | None = _opt(1, "Save a checkpoint every N epochs (0 disables).", type=int)
+    checkpointing_epochs: int | None = _opt(
+        1,
+        "Save a checkpoint every N epochs (0 disables; off by default when --checkpointing_steps is given).",
+        type=int,
+    )
     checkpoints_total_limit: int | None = _opt(3, "Keep at most this many checkpoints.", type=int)
     resume_from_checkpoint: str | None = _opt(None, "A checkpoint folder or 'latest'.", type=str)
     # --- logging & validation -----------------------------------------------------------------
@@ -250,4 +254,8 @@ def parse_args(argv=None) -> TrainingConfig:
         values.update(DEMO_PRESET)
     values.update(from_yaml)
     values.update(cli)
+    given = {**from_yaml, **cli}
+    # As the reference (save_steps XOR save_epochs): asking for step checkpoints turns the epoch default off.
+    if given.get("checkpointing_steps") and "checkpointing_epochs" not in given:
+        values["checkpointing_epochs"] = 0
     return TrainingConfig(**values)

@@ -136,6 +136,26 @@ def _cpu_processes() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _step_logs(accelerator, window: dict, grad_norm, lr_scheduler, state, config) -> dict:
+    """Scalars of one optimizer step: losses averaged over its micro-batches and the processes (left out
+    when the step was skipped), lr, gradient norm, throughput and time spent waiting for data."""
+    logs = {}
+    if not window["bad"]:
+        means = (accelerator.reduce(window["loss"], reduction="mean") / max(1, window["good"])).tolist()
+        logs = dict(zip(("t/sim", "t/ocr", "t/ctc", "t/loss"), means))
+    samples = window["n"] * config.train_batch_size * accelerator.num_processes
+    logs.update(
+        {
+            "lr": lr_scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "samples_per_sec": samples / (time.perf_counter() - window["t0"]),
+            "data_wait_sec": window["data_wait"],
+            "nonfinite_total": state.nonfinite_total,
+        }
+    )
+    return logs
+
+
 def _weight_dtype(accelerator) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
@@ -398,7 +418,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                             torch.stack([out.simple.mean(), out.ocr.mean(), out.ctc.mean(), out.loss]).detach().float()
                         )
                         window["good"] += 1
-                    else:
+                    else:  # every process still runs a backward (DDP expects one); the window's update is dropped
+                        accelerator.backward(torch.nan_to_num(out.loss) * 0.0)
                         window["bad"] = True
                     window["n"] += 1
                     window["indices"] += batch.index.tolist()
@@ -431,21 +452,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                         state.nonfinite_in_a_row = 0
                         if ema is not None:
                             ema.step(params)
-                    means = (accelerator.reduce(window["loss"], reduction="mean") / max(1, window["good"])).tolist()
-                    elapsed = time.perf_counter() - window["t0"]
-                    logs = {
-                        "t/sim": means[0],
-                        "t/ocr": means[1],
-                        "t/ctc": means[2],
-                        "t/loss": means[3],
-                        "lr": lr_scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                        "samples_per_sec": window["n"] * config.train_batch_size * accelerator.num_processes / elapsed,
-                        "data_wait_sec": window["data_wait"],
-                        "nonfinite_total": state.nonfinite_total,
-                    }
-                    if window["bad"]:
-                        logs = {k: v for k, v in logs.items() if not k.startswith("t/")}
+                    logs = _step_logs(accelerator, window, grad_norm, lr_scheduler, state, config)
                     if state.global_step % config.logging_steps == 0:
                         accelerator.log(logs, step=state.global_step)
                     progress.update(1)
