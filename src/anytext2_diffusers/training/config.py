@@ -137,6 +137,19 @@ class TrainingConfig:
     use_ema: bool = _opt(False, "Keep an EMA of the trainable weights (saved as the final weights).")
     ema_decay: float = _opt(0.9999, "EMA decay.")
     max_nonfinite_steps: int = _opt(5, "Stop (with a checkpoint) after this many non-finite losses in a row.")
+    # --- speed (docs/scaling.md) --------------------------------------------------------------
+    cache_latents: bool = _opt(
+        False,
+        "Keep the VAE posterior of each target image (and the constant generation-mode masked latent) after its "
+        "first encoding; edit-mode masked images are still encoded every step.",
+    )
+    channels_last: bool = _opt(False, "channels_last weights for the UNet and WriteNet (GPU, fp16/bf16).")
+    torch_compile: bool = _opt(False, "torch.compile the UNet and WriteNet.")
+    font_ocr_train_mode: bool = _opt(
+        True,
+        "Font recognizer in train mode (BatchNorm batch statistics, dropout) as the reference; off: eval mode, "
+        "which makes a step independent of how the batch is split over processes.",
+    )
     # --- checkpoints --------------------------------------------------------------------------
     output_dir: str = _opt("anytext2-model", "Checkpoints, logs and the final pipeline folder.")
     checkpointing_steps: int | None = _opt(None, "Save a checkpoint every N optimizer steps.", type=int)

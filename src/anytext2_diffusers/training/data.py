@@ -113,6 +113,7 @@ def make_loader(dataset, config, shuffle: bool, batch_size: int | None = None) -
         collate_fn=Collator(config.max_lines),
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),  # Batch.pin_memory: page-locked batches, non_blocking copies
         # The loader draws a base seed per iterator; an explicit generator keeps the global RNG out of it.
         generator=torch.Generator().manual_seed(config.seed),
     )

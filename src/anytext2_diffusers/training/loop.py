@@ -4,9 +4,10 @@ setup (accelerator, components, trainable set, optimizer, data, resume) -> for e
 one backward, an optimizer step per accumulation window -> log, checkpoint, validate -> final
 pipeline folder, model card, optional Hub upload.
 
-Exact resume: each micro-step draws its noise/timesteps from a generator seeded by (seed, step,
-micro-step, rank) and reseeds the global torch RNG (dropout) the same way, and the data order of an
-epoch is a pure function of (seed, epoch); a resumed run skips the batches the checkpoint had consumed.
+Exact resume: each sample draws its VAE posterior noise, noise and timestep from a generator seeded by
+(seed, step, dataset index) (the same for any number of processes), each micro-step reseeds the global
+torch RNG (dropout) from (seed, step, micro-step, rank), and the data order of an epoch is a pure
+function of (seed, epoch); a resumed run skips the batches the checkpoint had consumed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from . import checkpointing as ckpt
 from . import lora
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
+from .speed import compile_models, sample_generators, use_channels_last
 from .step import AnyText2TrainingModel, FrozenParts
 from .trainable import apply_trainable, describe
 
@@ -129,6 +131,13 @@ def _upcast_trainable_layers(model) -> None:
             for name, buf in module.named_buffers(recurse=False):
                 if buf.is_floating_point() and buf.dtype != torch.float32:
                     setattr(module, name, buf.float())
+
+
+def _cpu_processes() -> bool:
+    """Launched as several processes (torchrun / ``accelerate launch --multi_gpu``) on a machine without
+    CUDA: Accelerator must be told ``cpu=True`` to form a gloo process group, else every process would
+    silently train alone."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _step_logs(accelerator, window: dict, grad_norm, lr_scheduler, state, config) -> dict:
@@ -231,6 +240,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
+        cpu=_cpu_processes(),
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(
             project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
@@ -276,10 +286,14 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if config.gradient_checkpointing:
         parts["controlnet"].enable_gradient_checkpointing()
         parts["unet"].enable_gradient_checkpointing()
+    if getattr(config, "channels_last", False):
+        use_channels_last(parts["unet"], parts["controlnet"])
     frozen = FrozenParts(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["ocr"], parts["scheduler"])
     model = AnyText2TrainingModel(
         parts["unet"], parts["controlnet"], parts["attnx"], parts["text_embedding"], frozen, config
     )
+    if getattr(config, "torch_compile", False):
+        compile_models(model)
     params = [p for group in groups.values() for _, p in group]
 
     # ---------------------------------------------------------------- optimizer, data, schedule
@@ -409,8 +423,9 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 state.batches_in_epoch += 1
                 faults.update(batch)
                 with accelerator.accumulate(model):
-                    generator = _seed_step(config.seed, state.global_step, window["n"], accelerator.process_index)
-                    out = callbacks.on_loss(state, model(batch.to(device), generator))
+                    _seed_step(config.seed, state.global_step, window["n"], accelerator.process_index)  # dropout
+                    generators = sample_generators(config.seed, state.global_step, batch.index)
+                    out = callbacks.on_loss(state, model(batch.to(device, non_blocking=True), generators))
                     if not _any_process(accelerator, not torch.isfinite(out.loss.detach()).item()):
                         accelerator.backward(out.loss)
                         window["loss"] += (
@@ -426,7 +441,9 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                     if accelerator.sync_gradients:
                         limit = config.max_grad_norm if config.max_grad_norm else float("inf")
                         grad_norm = accelerator.clip_grad_norm_(params, limit)
-                        if not window["bad"] and torch.isfinite(grad_norm):
+                        # DeepSpeed clips inside its engine and returns no norm (its fp16 scaler skips overflows).
+                        finite = grad_norm is None or bool(torch.isfinite(grad_norm))
+                        if not window["bad"] and finite:
                             optimizer.step()
                         else:
                             window["bad"] = True

@@ -6,7 +6,8 @@ inside the UNet through hooks, never through its own forward). The frozen parts 
 recognizer) are held outside the module tree: DDP neither broadcasts nor inspects them.
 
 Randomness comes from an explicit ``torch.Generator`` (CPU, so runs are reproducible across devices):
-the two VAE posterior samples, the noise and the timesteps, in that order.
+the two VAE posterior samples, the noise and the timesteps, in that order. A list of generators (one per
+sample, ``speed.sample_generators``) makes the draws independent of how a batch is split over processes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..models.conditioning import AnyText2CaptionEncoder
+from . import speed
 from .losses import LossOutput, LossSettings, OCRTargets, p_losses
 
 
@@ -75,6 +77,9 @@ class AnyText2TrainingModel(nn.Module):
         self.attnx_scale = float(config.attnx_scale)
         self.train_text_embedding = bool(config.train_text_embedding)
         self.train_font_ocr = bool(config.train_font_ocr)
+        self.font_ocr_train_mode = bool(getattr(config, "font_ocr_train_mode", True))
+        # --cache_latents: VAE posteriors of target images (training mode only; validation encodes live).
+        self.latent_cache = speed.LatentCache() if getattr(config, "cache_latents", False) else None
         if not attnx.is_attached:
             attnx.attach(unet)
 
@@ -84,24 +89,40 @@ class AnyText2TrainingModel(nn.Module):
         super().train(mode)
         if not self.train_text_embedding:
             self.text_embedding.eval()
-        elif not self.train_font_ocr and getattr(self.text_embedding, "font_predictor", None) is not None:
+        elif (not self.train_font_ocr or not self.font_ocr_train_mode) and getattr(
+            self.text_embedding, "font_predictor", None
+        ) is not None:
             self.text_embedding.font_predictor.eval()
         return self
 
     # -- the pieces of a step ----------------------------------------------------------------------
     @torch.no_grad()
-    def encode_images(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior samples of the image and the masked image, x scaling_factor (contiguous NCHW input:
-        a channels-last view changes the VAE's numerics)."""
+    def _posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the VAE posterior of float images in [-1, 1] (contiguous NCHW input: a
+        channels-last view changes the VAE's numerics)."""
         vae = self.frozen.vae
-        device, dtype = vae.device, vae.dtype
-        images = torch.cat([batch.image_float(dtype), batch.masked_image_float(dtype)]).to(device).contiguous()
-        dist = vae.encode(images).latent_dist
+        dist = vae.encode(images.to(vae.device, vae.dtype).contiguous()).latent_dist
+        return dist.mean, dist.std
+
+    @torch.no_grad()
+    def encode_images(self, batch, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior samples of the image and the masked image, x scaling_factor. ``generator``: one
+        ``torch.Generator`` or one per sample."""
+        vae = self.frozen.vae
         n = len(batch)
-        shape = (n, *dist.mean.shape[1:])
+        if self.latent_cache is not None and self.training:
+            (mean, std), (mmean, mstd) = self.latent_cache.posteriors(batch, self._posterior)
+            mean, std = torch.cat([mean, mmean]).to(vae.device), torch.cat([std, mstd]).to(vae.device)
+        else:
+            mean, std = self._posterior(torch.cat([batch.image_float(), batch.masked_image_float()]))
+        shape = (n, *mean.shape[1:])
         # Image noise first, masked-image noise second (the reference's order).
-        eps = torch.cat([torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)]).to(device)
-        latents = (dist.mean.float() + dist.std.float() * eps) * vae.config.scaling_factor
+        if isinstance(generator, (list, tuple)):
+            pairs = speed.randn((n, 2, *shape[1:]), generator)
+            eps = torch.cat([pairs[:, 0], pairs[:, 1]]).to(vae.device)
+        else:
+            eps = torch.cat([speed.randn(shape, generator), speed.randn(shape, generator)]).to(vae.device)
+        latents = (mean.float() + std.float() * eps) * vae.config.scaling_factor
         return latents[:n], latents[n:]
 
     def encode_lines_and_captions(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,13 +143,14 @@ class AnyText2TrainingModel(nn.Module):
             text_context = self.captions.encode_text_captions(batch.text_caption, lines.line_embeds, batch.n_lines)
         return image_context, text_context
 
-    def forward(self, batch, generator: torch.Generator) -> LossOutput:
+    def forward(self, batch, generator) -> LossOutput:
+        """The loss of one batch; ``generator``: one ``torch.Generator`` or a list, one per sample."""
         latents, masked_latents = self.encode_images(batch, generator)
         image_context, text_context = self.encode_lines_and_captions(batch)
         scheduler = self.frozen.noise_scheduler
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+        noise = speed.randn(latents.shape, generator, latents.device)
         n = latents.shape[0]
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator).to(latents.device)
+        timesteps = speed.randint(scheduler.config.num_train_timesteps, n, generator, latents.device)
         x_noisy = scheduler.add_noise(latents, noise, timesteps)
         eps = predict_noise(
             self.unet,

@@ -1,0 +1,57 @@
+"""Entry point of the multi-process tests: ``accelerate launch ... _distributed_driver.py CONFIG.json``.
+
+Runs ``train()`` on the tiny stack with the settings of CONFIG.json (``tiny_config`` keywords) and writes
+``output_dir/rank{process_index}.json``: the dataset indices of every optimizer step on this process, the
+step logs, and the process group this process saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _training_helpers import tiny_config  # noqa: E402
+
+from anytext2_diffusers.training import TrainingCallback, train  # noqa: E402
+
+
+class Recorder(TrainingCallback):
+    def __init__(self):
+        self.indices, self.logs, self.group = {}, {}, {}
+
+    def on_step_end(self, state, logs, batch_indices):
+        import torch.distributed as dist
+
+        self.indices[state.global_step] = list(batch_indices)
+        self.logs[state.global_step] = dict(logs)
+        if dist.is_initialized():  # the group as training saw it (end_training may tear it down)
+            self.group = dict(world_size=dist.get_world_size(), rank=dist.get_rank(), backend=dist.get_backend())
+
+
+def main(path: str) -> None:
+    torch.set_num_threads(1)
+    with open(path, encoding="utf-8") as f:
+        kw = json.load(f)
+    config = tiny_config(kw.pop("output_dir"), kw.pop("train_json"), kw.pop("ocr_dir"), **kw)
+    recorder = Recorder()
+    result = train(config, recorder)
+    info = dict(
+        world_size=recorder.group.get("world_size", 1),
+        backend=recorder.group.get("backend"),
+        rank=recorder.group.get("rank", 0),
+        is_main_process=result.is_main_process,
+        global_step=result.global_step,
+        indices=recorder.indices,
+        logs=recorder.logs,
+    )
+    with open(os.path.join(config.output_dir, f"rank{info['rank']}.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,243 @@
+"""Data-parallel training with real ``torch.distributed`` (gloo, CPU, 127.0.0.1): 2 processes launched by
+``accelerate launch --multi_gpu`` against 1 process with the same global batch of 4.
+
+The runs keep the font recognizer in eval mode (``font_ocr_train_mode=False``): in train mode its
+BatchNorm normalises with the statistics of each process's own crops, and its dropout draws from a
+per-process RNG, so 1 x 4 samples and 2 x 2 samples are legitimately different computations. Everything
+else in a step is per sample (per-sample generators for the VAE posterior, noise and timestep; mean
+losses that DDP averages), which is what these tests prove.
+
+Weights are compared with 1 process x 2 samples x 2 accumulation steps (the same micro-batches as the
+2 processes): against 1 process x 4 samples the losses agree to float32 precision but the weights drift
+by up to ~5e-4 in 3 steps. The tiny stack has one channel per GroupNorm group (32 channels, 32 groups),
+and on near-blank 64 px hints those groups are almost constant, so round-off in their mean (which
+depends on the batch size the CPU kernels see) is amplified into gradient differences that AdamW's
+sign-like first updates turn into +-lr. ``test_one_big_batch_gives_the_same_losses`` covers that case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from _training_helpers import make_data, save_small_recognizer, tiny_config
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from anytext2_diffusers.training import TrainingCallback, train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DRIVER = os.path.join(HERE, "_distributed_driver.py")
+SRC = os.path.join(os.path.dirname(HERE), "src")
+CONFIGS = os.path.join(os.path.dirname(HERE), "configs", "accelerate")
+TIMEOUT = 300  # seconds per launch; a hung rendezvous fails the test instead of the suite
+
+COMMON = dict(
+    train_batch_size=2,  # per process; the 1-process reference uses 4
+    max_train_steps=3,  # 8 samples / 4 per step: crosses an epoch boundary
+    learning_rate=1e-4,
+    loss_alpha=0.003,
+    loss_beta=0.003,
+    font_ocr_train_mode=False,
+    mask_ratio=0.5,  # edit- and generation-mode samples
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: dict, launcher_args: list[str], workdir) -> subprocess.CompletedProcess:
+    """Write the driver's JSON config and run it under ``accelerate launch``; the output is returned."""
+    path = os.path.join(str(workdir), f"config-{os.path.basename(config['output_dir'])}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must notice it runs on CPU processes
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, DRIVER, path]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def two_processes(port: int) -> list[str]:
+    """configs/accelerate/cpu_ddp_2.yaml with a free port."""
+    return [
+        "--config_file",
+        os.path.join(CONFIGS, "cpu_ddp_2.yaml"),
+        "--main_process_port",
+        str(port),
+        "--dynamo_backend",
+        "no",
+    ]
+
+
+def trainable_weights(folder: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in ("controlnet", "attnx", "text_embedding"):
+        for key, value in load_file(os.path.join(folder, name, "diffusion_pytorch_model.safetensors")).items():
+            out[f"{name}.{key}"] = value
+    return out
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def read_ranks(output_dir: str) -> list[dict]:
+    ranks = []
+    for r in (0, 1):
+        with open(os.path.join(output_dir, f"rank{r}.json"), encoding="utf-8") as f:
+            ranks.append(json.load(f))
+    return ranks
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    return dict(
+        root=root,
+        ocr=save_small_recognizer(str(root / "ocr")),
+        train=make_data(str(root / "train"), n=8, seed=0),
+        val=make_data(str(root / "val"), n=1, seed=2),
+    )
+
+
+class Recorder(TrainingCallback):
+    def __init__(self):
+        self.indices, self.logs = {}, {}
+
+    def on_step_end(self, state, logs, batch_indices):
+        self.indices[state.global_step] = list(batch_indices)
+        self.logs[state.global_step] = dict(logs)
+
+
+def train_one_process(assets, name: str, **overrides) -> tuple[str, Recorder]:
+    config = tiny_config(str(assets["root"] / name), assets["train"], assets["ocr"], **{**COMMON, **overrides})
+    recorder = Recorder()
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config, recorder)
+    finally:
+        torch.set_num_threads(n)
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    return config.output_dir, recorder
+
+
+@pytest.fixture(scope="module")
+def one_process(assets):
+    """The reference: 1 process, 2 samples x 2 accumulation steps = the 2 processes' global batch of 4."""
+    return train_one_process(assets, "one", gradient_accumulation_steps=2)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(assets):
+    """2 processes x 2 samples, checkpoint every step (keep 2), TensorBoard logs and validation at step 2."""
+    config = dict(
+        COMMON,
+        output_dir=str(assets["root"] / "two"),
+        train_json=assets["train"],
+        ocr_dir=assets["ocr"],
+        cache_dir=str(assets["root"] / "hf_cache"),
+        checkpointing_steps=1,
+        checkpoints_total_limit=2,
+        report_to="tensorboard",
+        validation_data=[assets["val"]],
+        validation_steps=2,
+    )
+    proc = launch(config, two_processes(free_port()), assets["root"])
+    return config, proc
+
+
+def test_two_processes_give_the_weights_of_one(one_process, two_process_run):
+    (one_dir, _), (config, _) = one_process, two_process_run
+    ranks = read_ranks(config["output_dir"])
+    assert [r["world_size"] for r in ranks] == [2, 2] and {r["backend"] for r in ranks} == {"gloo"}
+    assert [r["global_step"] for r in ranks] == [3, 3]
+    one, two = trainable_weights(one_dir), trainable_weights(config["output_dir"])
+    start = trainable_weights(os.path.join(config["output_dir"], "checkpoint-2"))
+    assert max_difference(one, start) > 5e-5  # the last step moved the weights: the equality is not vacuous
+    assert max_difference(one, two) <= 1e-5
+
+
+def test_one_big_batch_gives_the_same_losses(assets, two_process_run):
+    """1 process x 4 samples: the same per-step losses as 2 processes x 2 (see the module docstring)."""
+    _, recorder = train_one_process(assets, "one-batch4", train_batch_size=4)
+    ranks = read_ranks(two_process_run[0]["output_dir"])
+    for step, rel in ((1, 1e-6), (2, 1e-4), (3, 1e-4)):  # step 1 from the same weights; then the drift above
+        for key in ("t/sim", "t/ctc", "t/loss"):
+            assert recorder.logs[step][key] == pytest.approx(ranks[0]["logs"][str(step)][key], rel=rel, abs=1e-7)
+
+
+def test_each_process_gets_distinct_samples(one_process, two_process_run):
+    (_, recorder), (config, _) = one_process, two_process_run
+    one_indices = recorder.indices
+    ranks = read_ranks(config["output_dir"])
+    for step in ("1", "2", "3"):
+        a, b = ranks[0]["indices"][step], ranks[1]["indices"][step]
+        assert len(a) == len(b) == 2
+        assert not set(a) & set(b), f"step {step}: both processes trained on {set(a) & set(b)}"
+        assert sorted(a + b) == sorted(one_indices[int(step)])
+    epoch0 = ranks[0]["indices"]["1"] + ranks[1]["indices"]["1"] + ranks[0]["indices"]["2"] + ranks[1]["indices"]["2"]
+    assert sorted(epoch0) == list(range(8))  # one epoch = every sample exactly once
+
+
+def test_checkpoints_saved_once_and_rotated(two_process_run):
+    config, _ = two_process_run
+    out = config["output_dir"]
+    names = sorted(n for n in os.listdir(out) if n.startswith("checkpoint-"))
+    assert names == ["checkpoint-2", "checkpoint-3"]  # limit 2: checkpoint-1 rotated out, no partials
+    files = os.listdir(os.path.join(out, "checkpoint-3"))
+    assert {"random_states_0.pkl", "random_states_1.pkl", "training_state.json", "checkpoint_complete.json"} <= set(
+        files
+    )
+    with open(os.path.join(out, "checkpoint-3", "training_state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+    assert state["global_step"] == 3 and state["samples_seen"] == 12
+
+
+def test_logging_and_validation_on_the_main_process_only(two_process_run):
+    config, proc = two_process_run
+    out = config["output_dir"]
+    events = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(out, "logs")) for f in fs if "tfevents" in f]
+    writers = {os.path.basename(e).split(".")[-2] for e in events}  # events.out.tfevents.TIME.HOST.PID.N
+    assert len(events) >= 1 and len(writers) == 1, events  # one process wrote them (hparams add a subfolder)
+    log = proc.stdout + proc.stderr
+    assert log.count("validation at step 2:") == 1 and log.count("validation at step 3:") == 1  # + the final one
+    assert sorted(os.listdir(os.path.join(out, "validation"))) == ["step-000002.png", "step-000003.png"]
+    assert len(re.findall(r"saved \S+checkpoint-\d \(checkpointing_steps\)", log)) == 3  # not one per process
+    assert [r["is_main_process"] for r in read_ranks(out)] == [True, False]
+
+
+def test_resume_in_two_processes(assets, two_process_run):
+    """checkpoint-2 of the 2-process run, resumed by 2 processes, reaches the straight run's step-3 weights."""
+    config, _ = two_process_run
+    resumed = str(assets["root"] / "resumed")
+    os.makedirs(resumed)
+    shutil.copytree(os.path.join(config["output_dir"], "checkpoint-2"), os.path.join(resumed, "checkpoint-2"))
+    cfg = dict(
+        config,
+        output_dir=resumed,
+        resume_from_checkpoint="latest",
+        report_to="none",
+        validation_data=[],
+        validation_steps=None,
+    )
+    launch(cfg, two_processes(free_port()), assets["root"])
+    ranks = read_ranks(resumed)
+    straight = read_ranks(config["output_dir"])
+    assert [list(r["indices"]) for r in ranks] == [["3"], ["3"]]
+    assert [r["indices"]["3"] for r in ranks] == [r["indices"]["3"] for r in straight]
+    assert max_difference(trainable_weights(resumed), trainable_weights(config["output_dir"])) == 0.0
