@@ -171,3 +171,12 @@ def test_demo_preset_under_yaml_and_cli(tmp_path):
     path.write_text("demo: true\nresolution: 64\n")
     c = parse_args(["--config", str(path)])
     assert c.tiny_model and c.resolution == 64
+
+
+def test_docs_option_tables_are_current():
+    from pathlib import Path
+
+    from anytext2_diffusers.training.config import options_markdown
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    assert options_markdown() in docs, "docs/training.md: regenerate the 'All options' tables (options_markdown)"

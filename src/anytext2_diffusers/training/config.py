@@ -262,6 +262,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def options_markdown() -> str:
+    """The "All options" tables of docs/training.md, generated from the dataclass (sections follow its
+    ``# --- name ---`` comments), so the documentation cannot drift from the parser."""
+    import inspect
+    import re
+
+    source = inspect.getsource(TrainingConfig)
+    section_of, current = {}, "options"
+    for line in source.splitlines():
+        heading = re.match(r"\s+# --- (.+?) -+$", line)
+        if heading:
+            current = heading.group(1)
+            continue
+        name = re.match(r"\s+(\w+): .*= _opt\(", line)
+        if name:
+            section_of[name.group(1)] = current
+    out, last = [], None
+    for f in fields(TrainingConfig):
+        section = section_of.get(f.name, "options")
+        if section != last:
+            out += [
+                "",
+                f"**{section[0].upper() + section[1:]}**",
+                "",
+                "| option | default | meaning |",
+                "| --- | --- | --- |",
+            ]
+            last = section
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = f"`--{f.name}` / `--no-{f.name}`" if isinstance(default, bool) else f"`--{f.name}`"
+        help_text = f.metadata["help"].replace("|", "\\|")
+        out.append(f"| {flag} | `{default}` | {help_text} |")
+    return "\n".join(out).strip() + "\n"
+
+
 def load_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config {path}: file not found")
