@@ -54,24 +54,33 @@ def test_per_sample_draws_do_not_depend_on_the_batch_split(setup):
     assert not torch.allclose(whole, other_step)  # draws change with the step
 
 
-def test_cache_latents_gives_the_same_loss(setup):
+def test_latent_caches_give_the_same_posteriors_and_loss(setup):
+    """The blank (generation-mode) masked posterior is always encoded once; --cache_latents also keeps the
+    target images' posteriors. Both give what encoding everything every step gives."""
     _, model, batch, _, _ = setup
+    with torch.no_grad():
+        live_mean, live_std = model._posterior(torch.cat([batch.image_float(), batch.masked_image_float()]))
+        (mean, std), (mmean, mstd) = LatentCache(cache_images=False).posteriors(batch, model._posterior)
+    torch.testing.assert_close(torch.cat([mean, mmean]), live_mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.cat([std, mstd]), live_std, rtol=1e-4, atol=1e-5)
     encoded = []
     posterior = model._posterior
     model._posterior = lambda images: (encoded.append(len(images)), posterior(images))[1]
     try:
-        model.latent_cache = None
+        model.latent_cache = LatentCache(cache_images=False)
         plain = loss(model, batch)
+        plain_again = loss(model, batch)
         model.latent_cache = LatentCache()
         filling = loss(model, batch)
         cached = loss(model, batch)
     finally:
-        model.latent_cache = None
+        model.latent_cache = LatentCache(cache_images=False)
         del model._posterior
     n_edit = int(batch.edit_mode.sum())
-    # live: 6 images + 6 masked; filling: 6 images + the edit-mode masked + 1 blank; cached: edit-mode only
-    assert encoded == [12, 6 + n_edit + 1, n_edit]
-    for out in (filling, cached):
+    assert n_edit < len(batch)  # the batch has generation-mode samples, so the blank latent is exercised
+    # default: 6 images + edit-mode masked (+ the blank once); --cache_latents: the same, then edit-mode only
+    assert encoded == [6 + n_edit + 1, 6 + n_edit, 6 + n_edit + 1, n_edit]
+    for out in (plain_again, filling, cached):
         for key in ("simple", "ocr", "ctc", "loss"):
             torch.testing.assert_close(getattr(out, key), getattr(plain, key), rtol=1e-5, atol=1e-6)
 
@@ -86,7 +95,7 @@ def test_cache_is_off_in_eval_mode(setup):
         assert len(model.latent_cache) == 0
     finally:
         model.train()
-        model.latent_cache = None
+        model.latent_cache = LatentCache(cache_images=False)
 
 
 def test_channels_last_keeps_the_loss(setup):

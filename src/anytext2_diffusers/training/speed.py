@@ -51,13 +51,15 @@ def randint(high: int, n: int, generator, device=None) -> torch.Tensor:
 
 
 class LatentCache:
-    """VAE posteriors (mean, std) of target images by dataset index, and the constant generation-mode
-    masked posterior; held on the CPU in the VAE's dtype (64 KiB per 512 px sample in fp16).
+    """The constant generation-mode masked posterior (an all -1 image: always computed once per size), and
+    with ``cache_images`` (``--cache_latents``) the VAE posteriors (mean, std) of target images by dataset
+    index; held on the CPU in the VAE's dtype (64 KiB per 512 px sample in fp16).
 
     One cache per process; each fills it with the samples it sees, so from the second epoch on the VAE
-    encoder runs only for edit-mode masked images."""
+    encoder runs only for edit-mode masked images. Posterior samples are still drawn every step."""
 
-    def __init__(self):
+    def __init__(self, cache_images: bool = True):
+        self.cache_images = cache_images
         self.images: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.blank: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.hits = self.misses = 0
@@ -68,16 +70,19 @@ class LatentCache:
     def posteriors(self, batch, encode) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((mean, std) of the images, (mean, std) of the masked images) for ``batch``; ``encode`` maps
         a float image batch in [-1, 1] to (mean, std). Everything not cached goes through one VAE call."""
-        if batch.index is None:
-            raise ValueError("--cache_latents needs Batch.index (the dataset index of every sample)")
-        keys = batch.index.tolist()
-        n = len(keys)
+        n = len(batch)
         shape = tuple(batch.image.shape[1:])
-        missing, seen = [], set()  # first row of each uncached index (an index may repeat in a batch)
-        for i, key in enumerate(keys):
-            if key not in self.images and key not in seen:
-                seen.add(key)
-                missing.append(i)
+        if self.cache_images:
+            if batch.index is None:
+                raise ValueError("--cache_latents needs Batch.index (the dataset index of every sample)")
+            keys = batch.index.tolist()
+            missing, seen = [], set()  # first row of each uncached index (an index may repeat in a batch)
+            for i, key in enumerate(keys):
+                if key not in self.images and key not in seen:
+                    seen.add(key)
+                    missing.append(i)
+        else:
+            keys, missing = None, list(range(n))
         edit = batch.edit_mode.tolist()
         edit_rows = [i for i in range(n) if edit[i]]
         need_blank = not all(edit) and shape not in self.blank
@@ -94,13 +99,16 @@ class LatentCache:
             mean, std = mean.cpu(), std.cpu()
         self.hits += n - len(missing)
         self.misses += len(missing)
-        for j, i in enumerate(missing):
-            self.images[keys[i]] = (mean[j].clone(), std[j].clone())
         k = len(missing)
+        if self.cache_images:
+            for j, i in enumerate(missing):
+                self.images[keys[i]] = (mean[j].clone(), std[j].clone())
+            image = tuple(torch.stack([self.images[key][c] for key in keys]) for c in (0, 1))
+        else:
+            image = (mean[:n], std[:n])
         live = {i: (mean[k + j], std[k + j]) for j, i in enumerate(edit_rows)}
         if need_blank:
             self.blank[shape] = (mean[-1].clone(), std[-1].clone())
-        image = tuple(torch.stack([self.images[key][c] for key in keys]) for c in (0, 1))
         masked = tuple(torch.stack([live[i][c] if edit[i] else self.blank[shape][c] for i in range(n)]) for c in (0, 1))
         return image, masked
 

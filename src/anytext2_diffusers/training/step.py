@@ -78,8 +78,9 @@ class AnyText2TrainingModel(nn.Module):
         self.train_text_embedding = bool(config.train_text_embedding)
         self.train_font_ocr = bool(config.train_font_ocr)
         self.font_ocr_train_mode = bool(getattr(config, "font_ocr_train_mode", True))
-        # --cache_latents: VAE posteriors of target images (training mode only; validation encodes live).
-        self.latent_cache = speed.LatentCache() if getattr(config, "cache_latents", False) else None
+        # The constant generation-mode masked posterior is computed once; with --cache_latents also the
+        # target images' posteriors (training mode only; validation encodes them live).
+        self.latent_cache = speed.LatentCache(cache_images=bool(getattr(config, "cache_latents", False)))
         if not attnx.is_attached:
             attnx.attach(unet)
 
@@ -110,11 +111,11 @@ class AnyText2TrainingModel(nn.Module):
         ``torch.Generator`` or one per sample."""
         vae = self.frozen.vae
         n = len(batch)
-        if self.latent_cache is not None and self.training:
+        if self.latent_cache.cache_images and not self.training:
+            mean, std = self._posterior(torch.cat([batch.image_float(), batch.masked_image_float()]))
+        else:
             (mean, std), (mmean, mstd) = self.latent_cache.posteriors(batch, self._posterior)
             mean, std = torch.cat([mean, mmean]).to(vae.device), torch.cat([std, mstd]).to(vae.device)
-        else:
-            mean, std = self._posterior(torch.cat([batch.image_float(), batch.masked_image_float()]))
         shape = (n, *mean.shape[1:])
         # Image noise first, masked-image noise second (the reference's order).
         if isinstance(generator, (list, tuple)):
