@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from anytext2_diffusers import AnyText2Pipeline
-from anytext2_diffusers.testing import tiny_pipeline
+from anytext2_diffusers.testing import quick_generate, tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ("unet", "vae", "text_encoder", "controlnet", "attnx", "text_embedding", "ocr")
@@ -34,21 +34,6 @@ def same_weights(a, b):
         assert sa.keys() == sb.keys(), name
         for k in sa:
             assert torch.equal(sa[k], sb[k]), f"{name}.{k}"
-
-
-def generate(pipe):
-    mask = np.zeros((128, 128), dtype=np.uint8)
-    mask[40:70, 20:110] = 255
-    return pipe(
-        prompt="a sign",
-        texts=["ok"],
-        positions=[mask],
-        height=128,
-        width=128,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).images
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +71,10 @@ def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml):
     back = AnyText2Pipeline.from_pretrained(tmp_path / "back")
     same_weights(pipe, back)
     # Compare loaded with loaded: a freshly constructed CLIP may use another attention implementation.
-    np.testing.assert_array_equal(generate(AnyText2Pipeline.from_pretrained(tmp_path / "pipe")), generate(back))
+    np.testing.assert_array_equal(
+        quick_generate(AnyText2Pipeline.from_pretrained(tmp_path / "pipe"), size=128, output_type="np"),
+        quick_generate(back, size=128, output_type="np"),
+    )
 
 
 def test_parity_checkpoint_converts_with_every_key_used(parity_dir, tmp_path):
@@ -155,7 +143,7 @@ def test_from_sd15_folder_makes_a_loadable_pipeline_that_trains(tmp_path, tiny_y
     ocr = pipe.ocr.state_dict()
     font = pipe.text_embedding.font_predictor.state_dict()
     assert all(torch.equal(ocr[k], font[k]) for k in ocr)
-    assert generate(pipe).shape == (1, 128, 128, 3)
+    assert quick_generate(pipe, size=128, output_type="np").shape == (1, 128, 128, 3)
 
     data = make_data(str(tmp_path / "data"), n=2, seed=0)
     config = tiny_config(

@@ -7,7 +7,6 @@ import copy
 import os
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
 from _training_helpers import make_data, save_small_recognizer, tiny_config
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 from anytext2_diffusers.models.attnx import AnyText2AttnXModel
 from anytext2_diffusers.models.writenet import AnyText2ControlNetModel
 from anytext2_diffusers.pipelines import AnyText2Pipeline
-from anytext2_diffusers.testing import tiny_components
+from anytext2_diffusers.testing import quick_generate, tiny_components
 from anytext2_diffusers.training import TrainingCallback, TrainingConfig, lora, train
 from anytext2_diffusers.training import checkpointing as ckpt
 from anytext2_diffusers.training.output import PIPELINE_COMPONENTS, inference_scheduler
@@ -48,22 +47,6 @@ def fresh_accelerate():
     reset_accelerate()
 
 
-def generate(pipe) -> torch.Tensor:
-    mask = np.zeros((64, 64), np.uint8)
-    mask[20:40, 8:56] = 255
-    with torch.no_grad():
-        return pipe(
-            prompt="a sign",
-            texts=["ok"],
-            positions=mask,
-            height=64,
-            width=64,
-            num_inference_steps=2,
-            generator=torch.Generator().manual_seed(0),
-            output_type="latent",
-        ).images
-
-
 class Snapshot(TrainingCallback):
     """The trained weights and the in-memory pipeline's output, taken before the final folder is written.
 
@@ -82,7 +65,7 @@ class Snapshot(TrainingCallback):
             copies = copy.deepcopy(components)
         finally:
             parts["attnx"].attach(parts["unet"])
-        self.latents = generate(float64_pipeline(AnyText2Pipeline(**copies)))
+        self.latents = quick_generate(float64_pipeline(AnyText2Pipeline(**copies)))
 
 
 def float64_pipeline(pipe):
@@ -183,11 +166,11 @@ def test_final_folder_holds_base_components_and_adapter_files(lora_run):
 def test_saved_adapters_reproduce_the_trained_model(lora_run):
     config, _, snap = lora_run
     pipe = AnyText2Pipeline.from_pretrained(config.output_dir)
-    base = generate(float64_pipeline(pipe))
+    base = quick_generate(float64_pipeline(pipe))
     assert lora.load_lora_adapters(pipe, config.output_dir) == ["unet", "controlnet", "attnx"]
     assert pipe.unet.peft_config[lora.ADAPTER_NAME].lora_alpha == 8  # alpha != rank survives the file
     assert pipe.attnx.attached_unet is pipe.unet
-    adapted = generate(float64_pipeline(pipe))
+    adapted = quick_generate(float64_pipeline(pipe))
     diff = (adapted - snap.latents).abs().max().item()
     print(
         f"LoRA output folder vs in-training model: max |diff| = {diff:.2e}; adapters change it by "
@@ -196,7 +179,7 @@ def test_saved_adapters_reproduce_the_trained_model(lora_run):
     assert diff <= 1e-5
     assert (adapted - base).abs().max() > 1e-3  # the adapters matter, so the comparison means something
     pipe.set_adapters([lora.ADAPTER_NAME], adapter_weights=[0.0])  # the UNet adapter alone matters too
-    assert (generate(pipe) - adapted).abs().max() > 1e-4
+    assert (quick_generate(pipe) - adapted).abs().max() > 1e-4
 
 
 def test_resume_is_exact(lora_run, assets):
@@ -246,7 +229,7 @@ def test_merge_lora_at_end_with_full_decoder_training(assets):
     assert not any(os.path.exists(os.path.join(out, f"{n}_lora")) for n in lora.LORA_COMPONENTS)
     pipe = AnyText2Pipeline.from_pretrained(out)
     assert pipe.unet.state_dict().keys() == tiny_components(0)["unet"].state_dict().keys()
-    diff = (generate(float64_pipeline(pipe)) - snap.latents).abs().max().item()
+    diff = (quick_generate(float64_pipeline(pipe)) - snap.latents).abs().max().item()
     print(f"merged LoRA folder vs in-training model: max |diff| = {diff:.2e}")
     assert diff <= 1e-5
 

@@ -1,13 +1,12 @@
 """UNet LoRAs (diffusers' loaders, peft) and base-model swaps on the AnyText2 pipeline."""
 
-import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from anytext2_diffusers.testing import tiny_components, tiny_unet_config
+from anytext2_diffusers.testing import quick_generate, tiny_components, tiny_unet_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,38 +25,23 @@ def stock_unet_lora(tmp_path, seed=7):
     return tmp_path / "lora"
 
 
-def run(pipe):
-    mask = np.zeros((64, 64), np.uint8)
-    mask[20:40, 8:56] = 255
-    return pipe(
-        prompt="a sign",
-        texts=["ok"],
-        positions=mask,
-        height=64,
-        width=64,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-    ).images
-
-
 def test_stock_lora_loads_fuses_and_unfuses(pipe, tmp_path):
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    base = run(pipe)
+    base = quick_generate(pipe)
     lora = stock_unet_lora(tmp_path)
     pipe.load_lora_weights(lora, adapter_name="style")
     assert pipe.attnx.attached_unet is pipe.unet
     assert set(pipe.unet.state_dict()) - set(before)  # adapter keys live in the stock UNet's namespace
-    with_lora = run(pipe)
+    with_lora = quick_generate(pipe)
     assert (with_lora - base).abs().max() > 1e-3
     pipe.set_adapters(["style"], adapter_weights=[0.0])
-    torch.testing.assert_close(run(pipe), base, rtol=0, atol=1e-6)
+    torch.testing.assert_close(quick_generate(pipe), base, rtol=0, atol=1e-6)
     pipe.unload_lora_weights()
-    torch.testing.assert_close(run(pipe), base, rtol=0, atol=0)
+    torch.testing.assert_close(quick_generate(pipe), base, rtol=0, atol=0)
 
     pipe.load_lora_weights(lora, adapter_name="style")
     pipe.fuse_lora()
-    torch.testing.assert_close(run(pipe), with_lora, rtol=0, atol=1e-4)
+    torch.testing.assert_close(quick_generate(pipe), with_lora, rtol=0, atol=1e-4)
     pipe.unfuse_lora()
     pipe.unload_lora_weights()
     after = pipe.unet.state_dict()
@@ -69,16 +53,16 @@ def test_stock_lora_loads_fuses_and_unfuses(pipe, tmp_path):
 
 def test_base_unet_swap_keeps_attnx_and_changes_the_look(pipe):
     original = pipe.unet
-    base = run(pipe)
+    base = quick_generate(pipe)
     torch.manual_seed(123)
     other = UNet2DConditionModel(**tiny_unet_config()).eval()
     pipe.swap_unet(other)
     try:
         assert pipe.attnx.attached_unet is other
-        swapped = run(pipe)
+        swapped = quick_generate(pipe)
         assert swapped.shape == base.shape and (swapped - base).abs().max() > 1e-3
         with pytest.raises(ValueError, match="same architecture"):
             pipe.swap_unet(UNet2DConditionModel(**dict(tiny_unet_config(), block_out_channels=(32, 32, 32, 64))))
     finally:
         pipe.swap_unet(original)
-    torch.testing.assert_close(run(pipe), base, rtol=0, atol=0)
+    torch.testing.assert_close(quick_generate(pipe), base, rtol=0, atol=0)

@@ -180,3 +180,23 @@ def tiny_pipeline(seed: int = 0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def quick_generate(pipe, size: int = 64, steps: int = 2, seed: int = 0, output_type: str = "latent"):
+    """One short, deterministic call of an AnyText2 pipeline (one line "ok" in a centred box): the probe
+    the tests use to compare two pipelines' outputs."""
+    import numpy as np
+
+    mask = np.zeros((size, size), np.uint8)
+    mask[size * 5 // 16 : size * 10 // 16, size // 8 : size * 7 // 8] = 255
+    with torch.no_grad():
+        return pipe(
+            prompt="a sign",
+            texts=["ok"],
+            positions=mask,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(seed),
+            output_type=output_type,
+        ).images
