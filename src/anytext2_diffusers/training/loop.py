@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel, cast_training_params
+from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..data import FaultCounter
@@ -32,9 +32,8 @@ from . import checkpointing as ckpt
 from . import lora
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
-from .speed import compile_models, sample_generators, use_channels_last
-from .step import AnyText2TrainingModel, FrozenParts
-from .trainable import apply_trainable, describe
+from .speed import sample_generators, setup_training_model
+from .trainable import describe
 
 logger = logging.getLogger(__name__)
 
@@ -114,23 +113,6 @@ def _new_window(device) -> dict:
     return dict(
         loss=torch.zeros(4, device=device), n=0, good=0, bad=False, indices=[], data_wait=0.0, t0=time.perf_counter()
     )
-
-
-def _move(model, device, dtype) -> None:
-    """``model.to`` that leaves the dtype alone when it already matches (diffusers warns on every cast)."""
-    model.to(device)
-    if model.dtype != dtype:
-        model.to(dtype=dtype)
-
-
-def _upcast_trainable_layers(model) -> None:
-    """Layers holding trainable weights get float32 buffers too: a BatchNorm with float32 weights but
-    half-precision running statistics fails on the CPU and loses precision on the GPU."""
-    for module in model.modules():
-        if any(p.requires_grad for p in module.parameters(recurse=False)):
-            for name, buf in module.named_buffers(recurse=False):
-                if buf.is_floating_point() and buf.dtype != torch.float32:
-                    setattr(module, name, buf.float())
 
 
 def _cpu_processes() -> bool:
@@ -264,36 +246,15 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     parts = load_components(config)
     if accelerator.is_main_process:
         config.save(os.path.join(config.output_dir, "training_config.yaml"))
+    device = accelerator.device
+    model, groups = setup_training_model(parts, config, device, _weight_dtype(accelerator))
     trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
-    lora.add_adapters(trainable, config)  # --lora_rank: peft adapters, before the trainable selection
-    groups = apply_trainable(trainable, config)
     logger.info(
         "trainable parameters:\n%s",
         describe(
             groups, {**trainable, "vae": parts["vae"], "text_encoder": parts["text_encoder"], "ocr": parts["ocr"]}
         ),
     )
-    weight_dtype = _weight_dtype(accelerator)
-    device = accelerator.device
-    for name in ("vae", "text_encoder", "ocr"):
-        _move(parts[name], device, weight_dtype)
-    for name, model in trainable.items():
-        # Frozen weights in half precision, trainable ones as float32 masters.
-        half = name in ("unet", "text_embedding", *lora.lora_components(config))
-        _move(model, device, weight_dtype if half else torch.float32)
-        cast_training_params(model, dtype=torch.float32)
-        _upcast_trainable_layers(model)
-    if config.gradient_checkpointing:
-        parts["controlnet"].enable_gradient_checkpointing()
-        parts["unet"].enable_gradient_checkpointing()
-    if getattr(config, "channels_last", False):
-        use_channels_last(parts["unet"], parts["controlnet"])
-    frozen = FrozenParts(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["ocr"], parts["scheduler"])
-    model = AnyText2TrainingModel(
-        parts["unet"], parts["controlnet"], parts["attnx"], parts["text_embedding"], frozen, config
-    )
-    if getattr(config, "torch_compile", False):
-        compile_models(model)
     params = [p for group in groups.values() for _, p in group]
 
     # ---------------------------------------------------------------- optimizer, data, schedule

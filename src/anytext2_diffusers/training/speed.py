@@ -128,31 +128,65 @@ def compile_models(model, mode: str | None = None) -> None:
     logger.info("torch.compile: unet, controlnet (mode=%s)", mode or "default")
 
 
-def build_training_model(config, device="cpu", dtype=torch.float32, base: dict | None = None):
-    """(AnyText2TrainingModel in train mode, trainable groups, components): the loop's model set-up
-    without Accelerate, for tests and ``benchmarks/bench_train_step.py``. Frozen models in ``dtype``,
-    trainable weights float32 (as the loop under mixed precision). ``base``: SD1.5 parts (unet, vae,
-    text_encoder, tokenizer, scheduler) to build on instead of ``config``'s model."""
-    from .components import TRAINABLE_COMPONENTS, _new_anytext2_parts, load_components
+def _move(model, device, dtype) -> None:
+    """``model.to`` that leaves the dtype alone when it already matches (diffusers warns on every cast)."""
+    model.to(device)
+    if model.dtype != dtype:
+        model.to(dtype=dtype)
+
+
+def _upcast_trainable_layers(model) -> None:
+    """Layers holding trainable weights get float32 buffers too: a BatchNorm with float32 weights but
+    half-precision running statistics fails on the CPU and loses precision on the GPU."""
+    for module in model.modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point() and buf.dtype != torch.float32:
+                    setattr(module, name, buf.float())
+
+
+def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype):
+    """The one model set-up of the loop, the tests and the benchmark: LoRA adapters (``--lora_rank``), the
+    trainable selection, frozen weights in ``weight_dtype`` and trainable ones as float32 masters (with
+    float32 buffers in their layers), gradient checkpointing, channels_last, torch.compile.
+    Returns (``AnyText2TrainingModel``, trainable groups)."""
+    from diffusers.training_utils import cast_training_params
+
+    from . import lora
+    from .components import TRAINABLE_COMPONENTS
     from .step import AnyText2TrainingModel, FrozenParts
     from .trainable import apply_trainable
 
-    parts = load_components(config) if base is None else _new_anytext2_parts(base, config)
     trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
+    lora.add_adapters(trainable, config)  # before the trainable selection
     groups = apply_trainable(trainable, config)
     for name in ("vae", "text_encoder", "ocr"):
-        parts[name].to(device, dtype)
+        _move(parts[name], device, weight_dtype)
     for name, model in trainable.items():
-        model.to(device, dtype if name in ("unet", "text_embedding") else torch.float32)
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+        half = name in ("unet", "text_embedding", *lora.lora_components(config))
+        _move(model, device, weight_dtype if half else torch.float32)
+        cast_training_params(model, dtype=torch.float32)
+        _upcast_trainable_layers(model)
+    if config.gradient_checkpointing:
+        parts["controlnet"].enable_gradient_checkpointing()
+        parts["unet"].enable_gradient_checkpointing()
     if getattr(config, "channels_last", False):
         use_channels_last(parts["unet"], parts["controlnet"])
     frozen = FrozenParts(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["ocr"], parts["scheduler"])
     model = AnyText2TrainingModel(
         parts["unet"], parts["controlnet"], parts["attnx"], parts["text_embedding"], frozen, config
-    ).train()
+    )
     if getattr(config, "torch_compile", False):
         compile_models(model)
-    return model, groups, parts
+    return model, groups
+
+
+def build_training_model(config, device="cpu", dtype=torch.float32, base: dict | None = None):
+    """(AnyText2TrainingModel in train mode, trainable groups, components) without Accelerate, for tests and
+    ``benchmarks/bench_train_step.py``. ``base``: SD1.5 parts (unet, vae, text_encoder, tokenizer,
+    scheduler) to build on instead of ``config``'s model."""
+    from .components import _new_anytext2_parts, load_components
+
+    parts = load_components(config) if base is None else _new_anytext2_parts(base, config)
+    model, groups = setup_training_model(parts, config, device, dtype)
+    return model.train(), groups, parts
