@@ -8,6 +8,7 @@ DataLoader workers to the GPU and are unpacked on access; images stay uint8. A 5
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class Batch:
       packed         dict of bit-packed masks (see the properties)
       faults         list[tuple[str, ...]] record faults neutralised while rendering each sample
       index          int64 (B,) dataset index of each sample (after substitution of unreadable images)
-    Unpacked views (bool, computed on access on the tensors' device):
+    Unpacked views (bool, unpacked on first access on the tensors' device and kept on this instance):
       glyphs (B,1,gH,gW), font_hint (B,1,H,W), inv_mask (B,1,H,W), position (B,L,1,H,W),
       glyph_line (B,L,1,80,512), masked_image uint8 (B,3,H,W).
     """
@@ -62,24 +63,24 @@ class Batch:
     faults: list = field(default_factory=list)
     index: torch.Tensor | None = None
 
-    # --- unpacked masks ------------------------------------------------------------------------
-    @property
+    # --- unpacked masks (computed once per Batch instance; ``to``/``pin_memory`` make new instances) --
+    @cached_property
     def glyphs(self) -> torch.Tensor:
         return unpack_bits(self.packed["glyphs"])
 
-    @property
+    @cached_property
     def font_hint(self) -> torch.Tensor:
         return unpack_bits(self.packed["font_hint"])
 
-    @property
+    @cached_property
     def inv_mask(self) -> torch.Tensor:
         return unpack_bits(self.packed["inv_mask"])
 
-    @property
+    @cached_property
     def position(self) -> torch.Tensor:
         return unpack_bits(self.packed["position"])
 
-    @property
+    @cached_property
     def glyph_line(self) -> torch.Tensor:
         return unpack_bits(self.packed["glyph_line"])
 
