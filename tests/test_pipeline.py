@@ -210,7 +210,7 @@ def reference_loop(pipe, batch, steps, guidance_scale, generator, strength=1.0, 
     captions = [f"{c}, {DEFAULT_ADDED_PROMPT}" for c in batch.image_caption]
     image_ctx, text_ctx = pipe.encode_prompt(captions, batch.text_caption, line_embeds, n_lines)
     uncond_ctx, uncond_text_ctx = pipe.encode_prompt([DEFAULT_NEGATIVE_PROMPT], [""])
-    glyphs, positions = batch.glyphs.float(), batch.position.any(dim=1).float()
+    glyphs, positions = batch.glyphs.float(), batch.position[:, :, 0].float()
     masked = pipe.encode_vae(batch.masked_image_float())
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
@@ -232,6 +232,31 @@ def reference_loop(pipe, batch, steps, guidance_scale, generator, strength=1.0, 
             )
         latents = scheduler.step(eps[1] + guidance_scale * (eps[0] - eps[1]), t, latents).prev_sample
     return latents
+
+
+@torch.no_grad()
+def test_overlapping_lines_reach_writenet_summed(pipe):
+    """WriteNet gets the per-line masks and sums them, as in training and the reference (cldm sums
+    ``text_info['positions']``): where two lines overlap its position input is 2, not their union's 1."""
+    polys = [np.array([[4, 4], [60, 4], [60, 30], [4, 30]]), np.array([[4, 20], [60, 20], [60, 50], [4, 50]])]
+    seen = []
+    handle = pipe.controlnet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("positions", args[4] if len(args) > 4 else None)),
+        with_kwargs=True,
+    )
+    try:
+        call(pipe, generator=gen(), output_type="latent", positions=polys, height=S, width=S)
+    finally:
+        handle.remove()
+    positions = seen[0]
+    assert positions.shape[1] == 2  # one channel per line
+    assert positions.sum(dim=1).max().item() == 2.0  # the overlap counts twice
+    hint = pipe.controlnet.encode_hint
+    union = positions.amax(dim=1, keepdim=True)
+    masked = torch.zeros(positions.shape[0], 4, S // 8, S // 8)
+    g = S * pipe.controlnet.config.glyph_scale
+    glyphs = torch.zeros(positions.shape[0], 1, g, g)
+    assert not torch.allclose(hint(glyphs, positions, masked), hint(glyphs, union, masked))
 
 
 @torch.no_grad()

@@ -429,7 +429,8 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         dtype = self.unet.dtype
         rep = lambda x: x.repeat_interleave(n, dim=0)  # noqa: E731 - one row per generated image
         glyphs = rep(batch.glyphs.to(device, dtype))
-        positions = rep(batch.position.any(dim=1).to(device, dtype))  # union of line positions, clipped at 1
+        # per-line masks; WriteNet sums them as the reference does (overlapping lines count twice)
+        positions = rep(batch.position[:, :, 0].to(device, dtype))
         masked_latents = rep(self.encode_vae(batch.masked_image_float().to(device)).to(dtype))
         image_ctx, text_ctx = rep(image_ctx), rep(text_ctx)
         if do_cfg:

@@ -145,6 +145,15 @@ class TrainingConfig:
     )
     channels_last: bool = _opt(False, "channels_last weights for the UNet and WriteNet (GPU, fp16/bf16).")
     torch_compile: bool = _opt(False, "torch.compile the UNet and WriteNet.")
+    torch_compile_backend: str = _opt(
+        "inductor", "torch.compile backend (aot_eager: traces forward and backward without code generation)."
+    )
+    torch_compile_mode: str | None = _opt(
+        None,
+        "torch.compile mode for the inductor backend.",
+        type=str,
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    )
     font_ocr_train_mode: bool = _opt(
         True,
         "Font recognizer in train mode (BatchNorm batch statistics, dropout) as the reference; off: eval mode, "

@@ -120,12 +120,13 @@ def use_channels_last(*models) -> None:
         model.to(memory_format=torch.channels_last)
 
 
-def compile_models(model, mode: str | None = None) -> None:
+def compile_models(model, backend: str = "inductor", mode: str | None = None) -> None:
     """``torch.compile`` the UNet and WriteNet of an ``AnyText2TrainingModel`` in place (their
-    ``forward``; AttnX runs inside the UNet's blocks through hooks and is traced with it)."""
+    ``forward``; AttnX runs inside the UNet's blocks through hooks and is traced with it). In place keeps
+    the parameter names, so checkpoints and ``save_pretrained`` see no ``_orig_mod.`` prefix."""
     for name in ("unet", "controlnet"):
-        getattr(model, name).compile(mode=mode)
-    logger.info("torch.compile: unet, controlnet (mode=%s)", mode or "default")
+        getattr(model, name).compile(backend=backend, mode=mode)
+    logger.info("torch.compile: unet, controlnet (backend=%s, mode=%s)", backend, mode or "default")
 
 
 def _move(model, device, dtype) -> None:
@@ -177,7 +178,7 @@ def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype)
         parts["unet"], parts["controlnet"], parts["attnx"], parts["text_embedding"], frozen, config
     )
     if getattr(config, "torch_compile", False):
-        compile_models(model)
+        compile_models(model, config.torch_compile_backend, config.torch_compile_mode)
     return model, groups
 
 
