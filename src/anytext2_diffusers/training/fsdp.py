@@ -119,10 +119,10 @@ def save_component(component, folder: str, state_dict: dict) -> None:
 
 
 @contextlib.contextmanager
-def unsharded(accelerator, model):
+def unsharded(accelerator, model, enabled: bool = True):
     """All processes all-gather the unit's parameters (``FSDPModule.unshard``) for the body, then reshard.
-    Without FSDP: nothing."""
-    if not active(accelerator):
+    Without FSDP (or not ``enabled``): nothing."""
+    if not enabled or not active(accelerator):
         yield
         return
     model.unshard()

@@ -12,7 +12,6 @@ function of (seed, epoch); a resumed run skips the batches the checkpoint had co
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -356,7 +355,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     def validate() -> dict:
         scalars = {}
         # Under FSDP every process gathers the parameters (a collective); the main process validates.
-        with fsdp.unsharded(accelerator, model) if val_set is not None else contextlib.nullcontext():
+        with fsdp.unsharded(accelerator, model, enabled=val_set is not None):
             if accelerator.is_main_process and val_set is not None:
                 if ema is not None:
                     ema.store(params)
