@@ -21,85 +21,24 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
-import torch
-from _training_helpers import make_data, save_small_recognizer, tiny_config
-from accelerate.state import AcceleratorState, GradientState
-from safetensors.torch import load_file
-
-from anytext2_diffusers.training import TrainingCallback, train
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DRIVER = os.path.join(HERE, "_distributed_driver.py")
-SRC = os.path.join(os.path.dirname(HERE), "src")
-CONFIGS = os.path.join(os.path.dirname(HERE), "configs", "accelerate")
-TIMEOUT = 300  # seconds per launch; a hung rendezvous fails the test instead of the suite
-
-COMMON = dict(
-    train_batch_size=2,  # per process; the 1-process reference uses 4
-    max_train_steps=3,  # 8 samples / 4 per step: crosses an epoch boundary
-    learning_rate=1e-4,
-    loss_alpha=0.003,
-    loss_beta=0.003,
-    font_ocr_train_mode=False,
-    mask_ratio=0.5,  # edit- and generation-mode samples
+from _distributed_helpers import (
+    COMMON,
+    free_port,
+    launch,
+    launcher_args,
+    max_difference,
+    read_ranks,
+    train_one_process,
+    trainable_weights,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(config: dict, launcher_args: list[str], workdir) -> subprocess.CompletedProcess:
-    """Write the driver's JSON config and run it under ``accelerate launch``; the output is returned."""
-    path = os.path.join(str(workdir), f"config-{os.path.basename(config['output_dir'])}.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(config, f)
-    env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must notice it runs on CPU processes
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, DRIVER, path]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
+from _training_helpers import make_data, save_small_recognizer
 
 
 def two_processes(port: int) -> list[str]:
     """configs/accelerate/cpu_ddp_2.yaml with a free port."""
-    return [
-        "--config_file",
-        os.path.join(CONFIGS, "cpu_ddp_2.yaml"),
-        "--main_process_port",
-        str(port),
-        "--dynamo_backend",
-        "no",
-    ]
-
-
-def trainable_weights(folder: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in ("controlnet", "attnx", "text_embedding"):
-        for key, value in load_file(os.path.join(folder, name, "diffusion_pytorch_model.safetensors")).items():
-            out[f"{name}.{key}"] = value
-    return out
-
-
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
-def read_ranks(output_dir: str) -> list[dict]:
-    ranks = []
-    for r in (0, 1):
-        with open(os.path.join(output_dir, f"rank{r}.json"), encoding="utf-8") as f:
-            ranks.append(json.load(f))
-    return ranks
+    return launcher_args("cpu_ddp_2.yaml", port)
 
 
 @pytest.fixture(scope="module")
@@ -111,29 +50,6 @@ def assets(tmp_path_factory):
         train=make_data(str(root / "train"), n=8, seed=0),
         val=make_data(str(root / "val"), n=1, seed=2),
     )
-
-
-class Recorder(TrainingCallback):
-    def __init__(self):
-        self.indices, self.logs = {}, {}
-
-    def on_step_end(self, state, logs, batch_indices):
-        self.indices[state.global_step] = list(batch_indices)
-        self.logs[state.global_step] = dict(logs)
-
-
-def train_one_process(assets, name: str, **overrides) -> tuple[str, Recorder]:
-    config = tiny_config(str(assets["root"] / name), assets["train"], assets["ocr"], **{**COMMON, **overrides})
-    recorder = Recorder()
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(config, recorder)
-    finally:
-        torch.set_num_threads(n)
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-    return config.output_dir, recorder
 
 
 @pytest.fixture(scope="module")

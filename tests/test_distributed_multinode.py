@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from _distributed_helpers import CONFIGS, DRIVER, SRC, TIMEOUT, free_port, read_ranks
 from _training_helpers import make_data, save_small_recognizer
-from test_distributed import CONFIGS, DRIVER, SRC, TIMEOUT, free_port, read_ranks
 
 
 @pytest.fixture(scope="module")

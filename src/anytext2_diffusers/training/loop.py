@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data import FaultCounter
 from . import checkpointing as ckpt
-from . import lora
+from . import fsdp, lora
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
 from .speed import sample_generators, setup_training_model
@@ -158,18 +158,27 @@ def _tracker_config(config) -> dict:
 
 def _register_checkpoint_hooks(accelerator, groups: dict) -> None:
     """accelerate's save_state/load_state write and read each trainable component with save_pretrained
-    (diffusers' train_controlnet.py pattern) instead of one opaque state dict."""
+    (diffusers' train_controlnet.py pattern) instead of one opaque state dict.
+
+    Under FSDP accelerate saves and loads the sharded model itself (the load hook then gets no models); the
+    save hook still writes the components, from the gathered full state dict."""
     saved = [name for name in TRAINABLE_COMPONENTS if name in groups]
 
     def save_hook(models, weights, output_dir):
-        if accelerator.is_main_process:
-            for model in models:
-                for name in saved:
-                    component = getattr(accelerator.unwrap_model(model), name)
-                    if lora.has_adapter(component):  # adapter + fully trained parameters only (small)
-                        lora.save_adapter(component, os.path.join(output_dir, f"{name}_lora"), with_trained_base=True)
-                    else:
-                        component.save_pretrained(os.path.join(output_dir, name))
+        for model in models:
+            full = fsdp.full_state_dict(accelerator, model) if fsdp.active(accelerator) else None  # collective
+            if not accelerator.is_main_process:
+                continue
+            for name in saved:
+                component = getattr(accelerator.unwrap_model(model), name)
+                if full is not None:
+                    fsdp.save_component(
+                        component, os.path.join(output_dir, name), fsdp.component_state_dict(full, name)
+                    )
+                elif lora.has_adapter(component):  # adapter + fully trained parameters only (small)
+                    lora.save_adapter(component, os.path.join(output_dir, f"{name}_lora"), with_trained_base=True)
+                else:
+                    component.save_pretrained(os.path.join(output_dir, name))
         while weights:
             weights.pop()
 
@@ -232,6 +241,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if not accelerator.is_main_process:  # one voice: other ranks report warnings and errors only
         for name in ("anytext2_diffusers", "accelerate"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    fsdp.enable_on_cpu_processes(accelerator)
+    fsdp.check_supported(accelerator, config)
     if accelerator.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
         ckpt.remove_partials(config.output_dir)
@@ -281,6 +292,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     )
     _register_checkpoint_hooks(accelerator, groups)
     model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
+    if fsdp.active(accelerator):  # prepare replaced the parameters with DTensor shards
+        params = [p for p in model.parameters() if p.requires_grad]
     ema = None
     if config.use_ema:
         ema = EMAModel(params, decay=config.ema_decay)
@@ -341,20 +354,30 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
 
     def validate() -> dict:
         scalars = {}
-        if accelerator.is_main_process and val_set is not None:
-            if ema is not None:
-                ema.store(params)
-                ema.copy_to(params)
-            with accelerator.autocast():
-                scalars = run_validation(
-                    accelerator, accelerator.unwrap_model(model), parts, val_loader, val_set, config, state.global_step
+        # Under FSDP every process gathers the parameters (a collective); the main process validates.
+        with fsdp.unsharded(accelerator, model, enabled=val_set is not None):
+            if accelerator.is_main_process and val_set is not None:
+                if ema is not None:
+                    ema.store(params)
+                    ema.copy_to(params)
+                with accelerator.autocast():
+                    scalars = run_validation(
+                        accelerator,
+                        accelerator.unwrap_model(model),
+                        parts,
+                        val_loader,
+                        val_set,
+                        config,
+                        state.global_step,
+                    )
+                if ema is not None:
+                    ema.restore(params)
+                accelerator.log(scalars, step=state.global_step)
+                logger.info(
+                    "validation at step %d: %s",
+                    state.global_step,
+                    ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()),
                 )
-            if ema is not None:
-                ema.restore(params)
-            accelerator.log(scalars, step=state.global_step)
-            logger.info(
-                "validation at step %d: %s", state.global_step, ", ".join(f"{k}={v:.4f}" for k, v in scalars.items())
-            )
         accelerator.wait_for_everyone()
         return scalars
 
@@ -477,6 +500,11 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     # ---------------------------------------------------------------- validation, final folder, hub
     validation_scalars = validate() or validation_scalars
     result.validation = validation_scalars
+    if fsdp.active(accelerator):  # the final folder is written from ordinary parameters: gather them (collective)
+        full = fsdp.full_state_dict(accelerator, model)
+        if accelerator.is_main_process:
+            fsdp.materialize(accelerator.unwrap_model(model), full)
+        del full
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(params)
