@@ -136,6 +136,18 @@ def _accelerator_placement() -> dict:
     return dict(cpu=True)
 
 
+def _autocast(accelerator):
+    """The forward's autocast. accelerate's (``accelerator.autocast``, and the one ``prepare`` wraps around
+    a DDP model's forward) is off under DeepSpeed, whose fp16/bf16 engine casts the module's parameters
+    to half precision instead; DeepSpeed's own input cast (fp16 ``auto_cast``) reaches tensors, lists and
+    dicts, not a ``Batch``, and the step makes float32 tensors of its own (noise, glyphs, positions). So
+    under DeepSpeed the forward runs in ``torch.autocast`` of the engine's dtype."""
+    dtype = _weight_dtype(accelerator)
+    if accelerator.state.deepspeed_plugin is None or dtype == torch.float32:
+        return accelerator.autocast()
+    return torch.autocast(accelerator.device.type, dtype=dtype)
+
+
 def _deepspeed_clipping(accelerator, max_grad_norm: float | None) -> None:
     """Under DeepSpeed the engine clips, inside ``accelerator.backward`` (its step), and the loop's
     ``clip_grad_norm_`` only returns the norm the engine measured. accelerate fills an absent or ``auto``
@@ -281,7 +293,10 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if accelerator.is_main_process:
         config.save(os.path.join(config.output_dir, "training_config.yaml"))
     device = accelerator.device
-    model, groups = setup_training_model(parts, config, device, _weight_dtype(accelerator))
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    model, groups = setup_training_model(
+        parts, config, device, _weight_dtype(accelerator), upcast_buffers=not deepspeed
+    )
     trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
     logger.info(
         "trainable parameters:\n%s",
@@ -380,7 +395,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
             if ema is not None:
                 ema.store(params)
                 ema.copy_to(params)
-            with accelerator.autocast():
+            with _autocast(accelerator):
                 scalars = run_validation(
                     accelerator, accelerator.unwrap_model(model), parts, val_loader, val_set, config, state.global_step
                 )
@@ -421,7 +436,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 with accelerator.accumulate(model):
                     _seed_step(config.seed, state.global_step, window["n"], accelerator.process_index)  # dropout
                     generators = sample_generators(config.seed, state.global_step, batch.index)
-                    out = callbacks.on_loss(state, model(batch.to(device, non_blocking=True), generators))
+                    with _autocast(accelerator):
+                        out = callbacks.on_loss(state, model(batch.to(device, non_blocking=True), generators))
                     if not _any_process(accelerator, not torch.isfinite(out.loss.detach()).item()):
                         accelerator.backward(out.loss)
                         window["loss"] += (
