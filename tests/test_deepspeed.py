@@ -10,8 +10,8 @@ What is proven, against 1 process with the same micro-batches (2 samples x 2 acc
 test_distributed.py): the same weights after 3 steps in float32 (measured: bitwise equal), the same
 gradient norms, ``--max_grad_norm`` applied by the engine, checkpoints with DeepSpeed's own files inside
 our atomic, rotating folders, an exact resume, a final folder that loads, and a bf16 run (the engine's
-half-precision path; DeepSpeed refuses fp16 on a CPU without AVX512-FP16: "Type fp16 is not supported on
-your device.").
+half-precision path; DeepSpeed refuses fp16 where ``torch.ops.mkldnn._is_mkldnn_fp16_supported()`` is
+False, as here: "Type fp16 is not supported on your device.").
 """
 
 from __future__ import annotations
