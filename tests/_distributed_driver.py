@@ -26,11 +26,18 @@ class Recorder(TrainingCallback):
 
     def on_step_end(self, state, logs, batch_indices):
         import torch.distributed as dist
+        from accelerate.state import AcceleratorState
 
         self.indices[state.global_step] = list(batch_indices)
         self.logs[state.global_step] = dict(logs)
         if dist.is_initialized():  # the group as training saw it (end_training may tear it down)
             self.group = dict(world_size=dist.get_world_size(), rank=dist.get_rank(), backend=dist.get_backend())
+            state = AcceleratorState()
+            self.group["distributed_type"] = str(state.distributed_type).split(".")[-1]
+            if state.deepspeed_plugin is not None:  # the DeepSpeed config the engine was built with
+                ds = state.deepspeed_plugin.deepspeed_config
+                keys = ("gradient_clipping", "gradient_accumulation_steps", "train_batch_size", "zero_optimization")
+                self.group["deepspeed_config"] = {k: ds.get(k) for k in keys}
 
 
 def main(path: str) -> None:
@@ -43,6 +50,8 @@ def main(path: str) -> None:
     info = dict(
         world_size=recorder.group.get("world_size", 1),
         backend=recorder.group.get("backend"),
+        distributed_type=recorder.group.get("distributed_type", "NO"),
+        deepspeed_config=recorder.group.get("deepspeed_config"),
         rank=recorder.group.get("rank", 0),
         is_main_process=result.is_main_process,
         global_step=result.global_step,

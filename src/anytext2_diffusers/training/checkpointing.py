@@ -6,6 +6,11 @@ folder that ``latest`` would pick. Inside: accelerate's optimizer / scheduler / 
 trainable component written with ``save_pretrained`` by the save hook (``controlnet/``, ``attnx/``,
 ``text_embedding/``, and ``unet/`` when parts of it train), and ``training_state.json`` (step, epoch,
 position in the epoch, fault counters) for an exact resume.
+
+Under DeepSpeed, accelerate writes the engine's own files instead of ``optimizer.bin``: ``pytorch_model/``
+(the module state and one ZeRO optimizer shard per process), ``latest`` and DeepSpeed's ``zero_to_fp32.py``.
+The frozen parameters (the UNet's, unless they train) are left out of the module state
+(``exclude_frozen_parameters``): they never change and would otherwise be written into every checkpoint.
 """
 
 from __future__ import annotations
@@ -122,6 +127,22 @@ def remove_partials(output_dir: str) -> None:
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
+def _deepspeed(accelerator) -> bool:
+    return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
+
+
+def save_state_kwargs(accelerator) -> dict:
+    """Extra ``accelerator.save_state`` arguments: DeepSpeed's engine leaves the frozen parameters out."""
+    return dict(exclude_frozen_parameters=True) if _deepspeed(accelerator) else {}
+
+
+def load_state_kwargs(accelerator) -> dict:
+    """Extra ``accelerator.load_state`` arguments: the engine's module state lacks the frozen parameters
+    (see ``save_state_kwargs``), so DeepSpeed must not load it strictly. The trainable components are
+    loaded strictly anyway, from their own folders, by the load hook."""
+    return dict(load_module_strict=False) if _deepspeed(accelerator) else {}
+
+
 def save_checkpoint(accelerator, output_dir: str, state: TrainingState, total_limit: int | None) -> str:
     """Write ``checkpoint-{global_step}`` atomically, then rotate. Every process must call it.
 
@@ -134,7 +155,7 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainingState, total_li
         os.makedirs(partial)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(partial)
+        accelerator.save_state(partial, **save_state_kwargs(accelerator))
         if accelerator.is_main_process:
             state.save(partial)
             with open(os.path.join(partial, MARKER), "w", encoding="utf-8") as f:

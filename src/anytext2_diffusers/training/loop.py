@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -120,6 +120,52 @@ def _cpu_processes() -> bool:
     CUDA: Accelerator must be told ``cpu=True`` to form a gloo process group, else every process would
     silently train alone."""
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _accelerator_placement() -> dict:
+    """``Accelerator`` arguments for where the processes run. Several CPU processes get ``cpu=True`` (a
+    gloo group, see ``_cpu_processes``), except under DeepSpeed (``ACCELERATE_USE_DEEPSPEED``, set by
+    ``accelerate launch`` with a DeepSpeed config): accelerate ignores DeepSpeed when ``cpu=True`` and would
+    silently run DDP, and with neither flag nor backend it counts 1 process per rank. So DeepSpeed on CPU
+    processes keeps ``cpu=False`` and names the gloo backend, which accelerate hands to
+    ``deepspeed.comm.init_distributed`` (DeepSpeed's CPU accelerator, auto-detected without CUDA)."""
+    if not _cpu_processes():
+        return {}
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return dict(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    return dict(cpu=True)
+
+
+def _autocast(accelerator):
+    """The forward's autocast. accelerate's (``accelerator.autocast``, and the one ``prepare`` wraps around
+    a DDP model's forward) is off under DeepSpeed, whose fp16/bf16 engine casts the module's parameters
+    to half precision instead; DeepSpeed's own input cast (fp16 ``auto_cast``) reaches tensors, lists and
+    dicts, not a ``Batch``, and the step makes float32 tensors of its own (noise, glyphs, positions). So
+    under DeepSpeed the forward runs in ``torch.autocast`` of the engine's dtype."""
+    dtype = _weight_dtype(accelerator)
+    if accelerator.state.deepspeed_plugin is None or dtype == torch.float32:
+        return accelerator.autocast()
+    return torch.autocast(accelerator.device.type, dtype=dtype)
+
+
+def _deepspeed_clipping(accelerator, max_grad_norm: float | None) -> None:
+    """Under DeepSpeed the engine clips, inside ``accelerator.backward`` (its step), and the loop's
+    ``clip_grad_norm_`` only returns the norm the engine measured. accelerate fills an absent or ``auto``
+    ``gradient_clipping`` with 1.0; it is set to ``--max_grad_norm`` instead (0 = off, the reference), so the
+    flag means the same under DDP and DeepSpeed. A number in the DeepSpeed config is kept."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds_config = plugin.deepspeed_config
+    value = float(max_grad_norm or 0.0)
+    if ds_config.get("gradient_clipping", "auto") == "auto":
+        ds_config["gradient_clipping"] = value
+    elif float(ds_config["gradient_clipping"]) != value:
+        logger.warning(
+            "DeepSpeed config gradient_clipping=%s overrides --max_grad_norm=%s",
+            ds_config["gradient_clipping"],
+            max_grad_norm,
+        )
 
 
 def _step_logs(accelerator, window: dict, grad_norm, lr_scheduler, state, config) -> dict:
@@ -231,7 +277,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
-        cpu=_cpu_processes(),
+        **_accelerator_placement(),
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(
             project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
@@ -258,7 +304,10 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if accelerator.is_main_process:
         config.save(os.path.join(config.output_dir, "training_config.yaml"))
     device = accelerator.device
-    model, groups = setup_training_model(parts, config, device, _weight_dtype(accelerator))
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    model, groups = setup_training_model(
+        parts, config, device, _weight_dtype(accelerator), upcast_buffers=not deepspeed
+    )
     trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
     logger.info(
         "trainable parameters:\n%s",
@@ -291,6 +340,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         num_training_steps=max_steps * accelerator.num_processes,
     )
     _register_checkpoint_hooks(accelerator, groups)
+    _deepspeed_clipping(accelerator, config.max_grad_norm)
     model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
     if fsdp.active(accelerator):  # prepare replaced the parameters with DTensor shards
         params = [p for p in model.parameters() if p.requires_grad]
@@ -314,7 +364,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 f"component, now {selection}): resume with the same --sd_locked/--unlock_qkv/--train_*/--lora_* "
                 "switches"
             )
-        accelerator.load_state(resume)
+        accelerator.load_state(resume, **ckpt.load_state_kwargs(accelerator))
         state = saved
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
@@ -360,7 +410,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 if ema is not None:
                     ema.store(params)
                     ema.copy_to(params)
-                with accelerator.autocast():
+                with _autocast(accelerator):
                     scalars = run_validation(
                         accelerator,
                         accelerator.unwrap_model(model),
@@ -409,7 +459,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 with accelerator.accumulate(model):
                     _seed_step(config.seed, state.global_step, window["n"], accelerator.process_index)  # dropout
                     generators = sample_generators(config.seed, state.global_step, batch.index)
-                    out = callbacks.on_loss(state, model(batch.to(device, non_blocking=True), generators))
+                    with _autocast(accelerator):
+                        out = callbacks.on_loss(state, model(batch.to(device, non_blocking=True), generators))
                     if not _any_process(accelerator, not torch.isfinite(out.loss.detach()).item()):
                         accelerator.backward(out.loss)
                         window["loss"] += (
@@ -425,8 +476,10 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                     if accelerator.sync_gradients:
                         limit = config.max_grad_norm if config.max_grad_norm else float("inf")
                         grad_norm = accelerator.clip_grad_norm_(params, limit)
-                        # DeepSpeed clips inside its engine and returns no norm (its fp16 scaler skips overflows).
-                        finite = grad_norm is None or bool(torch.isfinite(grad_norm))
+                        # DeepSpeed: the engine already clipped and stepped in accelerator.backward (its fp16
+                        # scaler skips overflows; a window made bad above is NOT skipped, see docs/scaling.md);
+                        # this returns its pre-clipping norm as a float, and optimizer.step() is a no-op.
+                        finite = grad_norm is None or math.isfinite(float(grad_norm))
                         if not window["bad"] and finite:
                             optimizer.step()
                         else:

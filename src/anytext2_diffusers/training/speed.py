@@ -146,10 +146,12 @@ def _upcast_trainable_layers(model) -> None:
                     setattr(module, name, buf.float())
 
 
-def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype):
+def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype, upcast_buffers: bool = True):
     """The one model set-up of the loop, the tests and the benchmark: LoRA adapters (``--lora_rank``), the
     trainable selection, frozen weights in ``weight_dtype`` and trainable ones as float32 masters (with
     float32 buffers in their layers), gradient checkpointing, channels_last, torch.compile.
+    ``upcast_buffers=False`` (DeepSpeed): the engine casts every parameter to its fp16/bf16 and keeps the
+    float32 masters itself, so the buffers stay in ``weight_dtype`` with their layers' weights.
     Returns (``AnyText2TrainingModel``, trainable groups)."""
     from diffusers.training_utils import cast_training_params
 
@@ -167,7 +169,8 @@ def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype)
         half = name in ("unet", "text_embedding", *lora.lora_components(config))
         _move(model, device, weight_dtype if half else torch.float32)
         cast_training_params(model, dtype=torch.float32)
-        _upcast_trainable_layers(model)
+        if upcast_buffers:
+            _upcast_trainable_layers(model)
     if config.gradient_checkpointing:
         parts["controlnet"].enable_gradient_checkpointing()
         parts["unet"].enable_gradient_checkpointing()
