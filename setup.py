@@ -29,8 +29,12 @@ EXTRAS = {
     # FID's standard Inception features (brings torchvision; not part of test/dev).
     "fid": ["pytorch-fid>=0.3"],
     "wandb": ["wandb"],
+    # DeepSpeed ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml); tests/test_deepspeed.py runs it on CPU processes.
+    "deepspeed": ["deepspeed>=0.19.8,<0.20"],
 }
-EXTRAS["test"] = sorted(set(EXTRAS["ocr"] + EXTRAS["data"] + EXTRAS["eval"] + ["pytest>=7", "pytest-timeout>=2"]))
+EXTRAS["test"] = sorted(
+    set(EXTRAS["ocr"] + EXTRAS["data"] + EXTRAS["eval"] + EXTRAS["deepspeed"] + ["pytest>=7", "pytest-timeout>=2"])
+)
 EXTRAS["dev"] = sorted(set(EXTRAS["test"] + ["ruff>=0.4"]))
 
 setup(
