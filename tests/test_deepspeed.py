@@ -26,35 +26,24 @@ from _training_helpers import make_data, save_small_recognizer
 pytest.importorskip("deepspeed")
 
 import torch  # noqa: E402
-from test_distributed import (  # noqa: E402
+from _distributed_helpers import (  # noqa: E402
     COMMON,
-    CONFIGS,
     free_port,
     launch,
+    launcher_args,
     max_difference,
     read_ranks,
     train_one_process,
     trainable_weights,
-    two_processes,
 )
+from test_distributed import two_processes  # noqa: E402
 
 from anytext2_diffusers.training import checkpointing as ckpt  # noqa: E402
 
 
 def zero2(port: int, mixed_precision: str = "no") -> list[str]:
     """configs/accelerate/deepspeed_zero2.yaml as 2 CPU processes on a free port."""
-    return [
-        "--config_file",
-        os.path.join(CONFIGS, "deepspeed_zero2.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        mixed_precision,
-        "--main_process_port",
-        str(port),
-        "--dynamo_backend",
-        "no",
-    ]
+    return [*launcher_args("deepspeed_zero2.yaml", port), "--num_processes", "2", "--mixed_precision", mixed_precision]
 
 
 @pytest.fixture(scope="module")
