@@ -194,17 +194,48 @@ def test_gradient_accumulation_matches_ddp(assets):
     assert max_difference(ds, ddp) <= 1e-6  # measured: 3.5e-8
 
 
-def test_bf16_runs_and_saves_the_engine_weights(assets, zero2_run):
+def parameter_names(folder: str) -> set[str]:
+    """``component.parameter`` names of the trainable components saved in ``folder`` (no buffers)."""
+    import anytext2_diffusers as package
+
+    names = set()
+    for component, cls in (
+        ("controlnet", "AnyText2ControlNetModel"),
+        ("attnx", "AnyText2AttnXModel"),
+        ("text_embedding", "AnyText2TextEmbeddingModel"),
+    ):
+        model = getattr(package, cls).from_pretrained(os.path.join(folder, component))
+        names |= {f"{component}.{name}" for name, _ in model.named_parameters()}
+    return names
+
+
+def test_bf16_saves_the_float32_masters(assets, zero2_run):
     """The engine's half-precision path (what fp16 does on GPUs): parameters cast to bf16, float32 masters
-    in the ZeRO partitions. Saved components are the engine's bf16 weights (as float32 in the final folder)."""
+    in the ZeRO partitions. The component folders of checkpoints and the final folder hold the masters, as
+    DeepSpeed's own ``zero_to_fp32`` assembles them from the checkpoint, not the bf16 copies."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
     config = driver_config(
-        assets, "zero2-bf16", mixed_precision="bf16", validation_data=[assets["val"]], validation_steps=2
+        assets,
+        "zero2-bf16",
+        mixed_precision="bf16",
+        validation_data=[assets["val"]],
+        validation_steps=2,
+        checkpointing_steps=3,
     )
     proc = launch(config, zero2(free_port(), "bf16"), assets["root"])
     assert [r["global_step"] for r in read_ranks(config["output_dir"])] == [3, 3]
     assert "validation at step 2:" in proc.stdout + proc.stderr
-    bf16 = trainable_weights(config["output_dir"])
-    floats = [v for v in bf16.values() if v.is_floating_point()]
-    assert all(torch.isfinite(v).all() for v in floats)
-    assert all(torch.equal(v.bfloat16().float(), v) for v in floats)  # bf16-rounded masters
-    assert max_difference(bf16, trainable_weights(zero2_run[0]["output_dir"])) <= 5e-3  # vs float32; measured 1e-3
+    final = trainable_weights(config["output_dir"])
+    checkpoint = os.path.join(config["output_dir"], "checkpoint-3")
+    masters = get_fp32_state_dict_from_zero_checkpoint(checkpoint, exclude_frozen_parameters=True)
+    # parameters only (zero_to_fp32 passes the module's buffers through)
+    parameters = parameter_names(config["output_dir"])
+    compared = [key for key in masters if key in final and key in parameters]
+    assert len(compared) > 100
+    for key in compared:
+        assert final[key].dtype == torch.float32 and torch.equal(final[key], masters[key]), key
+    assert max_difference(trainable_weights(checkpoint), final) == 0.0
+    rounded = [torch.equal(final[k].bfloat16().float(), final[k]) for k in compared]
+    assert not all(rounded)  # not the bf16 copies
+    assert max_difference(final, trainable_weights(zero2_run[0]["output_dir"])) <= 5e-3  # vs float32 training

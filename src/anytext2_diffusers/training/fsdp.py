@@ -17,8 +17,8 @@ What differs from DDP, all handled here:
   (``accelerator.get_state_dict``, a collective; the fp32 masters, not the unsharded compute copies).
 * Validation runs on the main process: every process unshards the unit first (``unsharded``), so the main
   process's forward finds the parameters gathered and issues no collective.
-* The final folder: the main process swaps the gathered full tensors in for the shards (``materialize``) and
-  then writes the pipeline as usual.
+* The final folder: the main process swaps the gathered full tensors in for the shards
+  (``full_weights.materialize``) and then writes the pipeline as usual.
 
 Not supported (refused in ``check_supported``): FSDP1, auto-wrap policies (a nested unit would all-gather in
 the main-process-only validation and deadlock), ``--use_ema`` and LoRA (untested with sharded parameters).
@@ -98,26 +98,6 @@ def full_state_dict(accelerator, model) -> dict[str, torch.Tensor]:
     return accelerator.get_state_dict(model, unwrap=False)
 
 
-def component_state_dict(full: dict, name: str) -> dict[str, torch.Tensor]:
-    prefix = f"{name}."
-    return {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
-
-
-def save_component(component, folder: str, state_dict: dict) -> None:
-    """``component.save_pretrained(folder)`` writing ``state_dict`` (full tensors) instead of the component's
-    own sharded parameters: its ``state_dict`` method is shadowed for the call."""
-    expected = set(component.state_dict().keys())
-    if set(state_dict) != expected:
-        raise KeyError(
-            f"gathered state dict does not match {type(component).__name__}: {sorted(expected ^ set(state_dict))[:5]}"
-        )
-    component.state_dict = lambda *args, **kwargs: dict(state_dict)
-    try:
-        component.save_pretrained(folder)
-    finally:
-        del component.state_dict
-
-
 @contextlib.contextmanager
 def unsharded(accelerator, model, enabled: bool = True):
     """All processes all-gather the unit's parameters (``FSDPModule.unshard``) for the body, then reshard.
@@ -130,15 +110,3 @@ def unsharded(accelerator, model, enabled: bool = True):
         yield
     finally:
         model.reshard()
-
-
-def materialize(model, full: dict) -> None:
-    """Main process, after training: replace every parameter shard of ``model`` with its full tensor from
-    ``full`` (so ``save_pretrained``, dtype casts and inference see ordinary parameters). The FSDP unit
-    must not run again afterwards."""
-    for module_name, module in model.named_modules():
-        for name, param in list(module._parameters.items()):
-            if param is None:
-                continue
-            key = f"{module_name}.{name}" if module_name else name
-            module._parameters[name] = torch.nn.Parameter(full[key].to(param.device), requires_grad=param.requires_grad)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data import FaultCounter
 from . import checkpointing as ckpt
-from . import fsdp, lora
+from . import fsdp, full_weights, lora
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
 from .speed import sample_generators, setup_training_model
@@ -212,14 +212,14 @@ def _register_checkpoint_hooks(accelerator, groups: dict) -> None:
 
     def save_hook(models, weights, output_dir):
         for model in models:
-            full = fsdp.full_state_dict(accelerator, model) if fsdp.active(accelerator) else None  # collective
+            full = full_weights.gather(accelerator, model)  # collective; None when the module holds them
             if not accelerator.is_main_process:
                 continue
             for name in saved:
                 component = getattr(accelerator.unwrap_model(model), name)
                 if full is not None:
-                    fsdp.save_component(
-                        component, os.path.join(output_dir, name), fsdp.component_state_dict(full, name)
+                    full_weights.save_component(
+                        component, os.path.join(output_dir, name), full_weights.component_state_dict(full, name)
                     )
                 elif lora.has_adapter(component):  # adapter + fully trained parameters only (small)
                     lora.save_adapter(component, os.path.join(output_dir, f"{name}_lora"), with_trained_base=True)
@@ -553,11 +553,11 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     # ---------------------------------------------------------------- validation, final folder, hub
     validation_scalars = validate() or validation_scalars
     result.validation = validation_scalars
-    if fsdp.active(accelerator):  # the final folder is written from ordinary parameters: gather them (collective)
-        full = fsdp.full_state_dict(accelerator, model)
-        if accelerator.is_main_process:
-            fsdp.materialize(accelerator.unwrap_model(model), full)
-        del full
+    # The final folder is written from whole float32 parameters: gather them where the model does not hold them.
+    full = full_weights.gather(accelerator, model)  # collective
+    if full is not None and accelerator.is_main_process:
+        full_weights.materialize(accelerator.unwrap_model(model), full)
+    del full
     if accelerator.is_main_process:
         if ema is not None:
             ema.copy_to(params)
