@@ -44,6 +44,18 @@ def main(path: str) -> None:
     torch.set_num_threads(1)
     with open(path, encoding="utf-8") as f:
         kw = json.load(f)
+    fail_save_at_step = kw.pop("fail_save_at_step", None)
+    if fail_save_at_step is not None:  # a main-process-only write failure (a full disk) at that step's save
+        from anytext2_diffusers.training import checkpointing
+
+        save = checkpointing.TrainingState.save
+
+        def failing_save(self, folder):
+            if self.global_step == fail_save_at_step:
+                raise OSError(28, "No space left on device (injected)")
+            return save(self, folder)
+
+        checkpointing.TrainingState.save = failing_save
     config = tiny_config(kw.pop("output_dir"), kw.pop("train_json"), kw.pop("ocr_dir"), **kw)
     recorder = Recorder()
     result = train(config, recorder)

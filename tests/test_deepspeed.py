@@ -239,3 +239,44 @@ def test_bf16_saves_the_float32_masters(assets, zero2_run):
     rounded = [torch.equal(final[k].bfloat16().float(), final[k]) for k in compared]
     assert not all(rounded)  # not the bf16 copies
     assert max_difference(final, trainable_weights(zero2_run[0]["output_dir"])) <= 5e-3  # vs float32 training
+
+
+def test_bf16_lora_checkpoints_hold_the_float32_masters(assets):
+    """LoRA under DeepSpeed bf16: the checkpoint's adapter folders (adapter weights and the fully trained
+    non-adapter parameters, e.g. WriteNet's zero convolutions) are the float32 masters, and the final folder
+    loads."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    from anytext2_diffusers.training import lora
+
+    config = driver_config(
+        assets,
+        "zero2-bf16-lora",
+        mixed_precision="bf16",
+        lora_rank=4,
+        lora_alpha=8,
+        lora_components=["unet", "controlnet", "attnx"],
+        max_train_steps=2,
+        checkpointing_steps=2,
+    )
+    launch(config, zero2(free_port(), "bf16"), assets["root"])
+    checkpoint = os.path.join(config["output_dir"], "checkpoint-2")
+    masters = get_fp32_state_dict_from_zero_checkpoint(checkpoint, exclude_frozen_parameters=True)
+    compared = 0
+    for component in ("unet", "controlnet", "attnx"):
+        folder = os.path.join(checkpoint, f"{component}_lora")
+        saved = load_file(os.path.join(folder, lora.ADAPTER_WEIGHTS))
+        base = os.path.join(folder, lora.BASE_WEIGHTS)
+        trained_base = load_file(base) if os.path.isfile(base) else {}
+        for key, value in saved.items():  # peft drops the adapter name from the key
+            name = key.replace(".lora_A.", f".lora_A.{lora.ADAPTER_NAME}.").replace(
+                ".lora_B.", f".lora_B.{lora.ADAPTER_NAME}."
+            )
+            assert value.dtype == torch.float32 and torch.equal(value, masters[f"{component}.{name}"]), key
+            compared += 1
+        for key, value in trained_base.items():
+            assert value.dtype == torch.float32 and torch.equal(value, masters[f"{component}.{key}"]), key
+            compared += 1
+    assert compared > 50
+    assert os.path.isfile(os.path.join(config["output_dir"], "pytorch_lora_weights.safetensors"))

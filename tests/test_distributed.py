@@ -157,3 +157,19 @@ def test_resume_in_two_processes(assets, two_process_run):
     assert [list(r["indices"]) for r in ranks] == [["3"], ["3"]]
     assert [r["indices"]["3"] for r in ranks] == [r["indices"]["3"] for r in straight]
     assert max_difference(trainable_weights(resumed), trainable_weights(config["output_dir"])) == 0.0
+
+
+def test_a_save_failing_on_the_main_process_fails_everywhere_and_training_goes_on(assets, two_process_run):
+    """A write that fails on the main process only (a full disk at step 2): every process learns it, no
+    process waits alone in a collective, checkpoint-2 is not left behind, and the run trains to the end with
+    the weights of the run whose saves all worked."""
+    config, _ = two_process_run
+    out = str(assets["root"] / "failing-save")
+    cfg = dict(config, output_dir=out, report_to="none", validation_data=[], validation_steps=None)
+    proc = launch(dict(cfg, fail_save_at_step=2), two_processes(free_port()), assets["root"])
+    assert [r["global_step"] for r in read_ranks(out)] == [3, 3]
+    log = proc.stdout + proc.stderr
+    assert "checkpoint at step 2 failed (OSError" in log  # the main process: its own error
+    assert "checkpoint at step 2 failed (RuntimeError" in log  # the other process: told by the agreement
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint")) == ["checkpoint-1", "checkpoint-3"]
+    assert max_difference(trainable_weights(out), trainable_weights(config["output_dir"])) == 0.0

@@ -23,6 +23,8 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
@@ -127,6 +129,14 @@ def remove_partials(output_dir: str) -> None:
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
+def _failed_anywhere(accelerator, failed: bool) -> bool:
+    """Whether ``failed`` holds on any process (a collective when there are several)."""
+    if getattr(accelerator, "num_processes", 1) <= 1:
+        return failed
+    flag = torch.tensor(float(failed), device=accelerator.device)
+    return accelerator.reduce(flag, reduction="sum").item() > 0
+
+
 def _deepspeed(accelerator) -> bool:
     return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
 
@@ -147,6 +157,9 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainingState, total_li
     """Write ``checkpoint-{global_step}`` atomically, then rotate. Every process must call it.
 
     On failure the partial folder is removed and the error re-raised; earlier checkpoints are untouched.
+    Several processes agree on the outcome first (a collective): all raise together, so none goes on alone
+    to wait in a collective the others never reach, and a checkpoint that failed on any process is not
+    marked complete.
     """
     final = os.path.join(output_dir, f"{PREFIX}{state.global_step}")
     partial = final + PARTIAL_SUFFIX
@@ -154,19 +167,27 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainingState, total_li
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
     accelerator.wait_for_everyone()
+    error = None
     try:
         accelerator.save_state(partial, **save_state_kwargs(accelerator))
         if accelerator.is_main_process:
             state.save(partial)
             with open(os.path.join(partial, MARKER), "w", encoding="utf-8") as f:
                 json.dump({"global_step": state.global_step, "time": time.time()}, f)
-            if os.path.isdir(final):  # the same step saved again (e.g. a signal right after a save)
-                shutil.rmtree(final)
-            os.replace(partial, final)
-    except BaseException:
+    except Exception as err:  # noqa: BLE001 - agreed on below, then re-raised
+        error = err
+    except BaseException:  # KeyboardInterrupt and the like: no agreement, just leave no partial folder
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         raise
+    if _failed_anywhere(accelerator, error is not None):
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise error or RuntimeError(f"checkpoint {final} failed on another process (see its log)")
+    if accelerator.is_main_process:
+        if os.path.isdir(final):  # the same step saved again (e.g. a signal right after a save)
+            shutil.rmtree(final)
+        os.replace(partial, final)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         rotate(output_dir, total_limit)

@@ -217,12 +217,12 @@ def _register_checkpoint_hooks(accelerator, groups: dict) -> None:
                 continue
             for name in saved:
                 component = getattr(accelerator.unwrap_model(model), name)
-                if full is not None:
-                    full_weights.save_component(
-                        component, os.path.join(output_dir, name), full_weights.component_state_dict(full, name)
-                    )
-                elif lora.has_adapter(component):  # adapter + fully trained parameters only (small)
-                    lora.save_adapter(component, os.path.join(output_dir, f"{name}_lora"), with_trained_base=True)
+                gathered = None if full is None else full_weights.component_state_dict(full, name)
+                if lora.has_adapter(component):  # adapter + fully trained parameters only (small)
+                    folder = os.path.join(output_dir, f"{name}_lora")
+                    lora.save_adapter(component, folder, with_trained_base=True, state_dict=gathered)
+                elif gathered is not None:
+                    full_weights.save_component(component, os.path.join(output_dir, name), gathered)
                 else:
                     component.save_pretrained(os.path.join(output_dir, name))
         while weights:
@@ -399,6 +399,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 state.global_step,
                 type(err).__name__,
                 err,
+                exc_info=True,
             )
             return None
 

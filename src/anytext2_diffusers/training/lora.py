@@ -107,15 +107,20 @@ def has_adapter(model) -> bool:
 # ------------------------------------------------------------------------------------------------
 # adapter folders (checkpoints, final output)
 # ------------------------------------------------------------------------------------------------
-def save_adapter(model: nn.Module, folder: str, with_trained_base: bool = False) -> None:
-    """peft adapter folder; ``with_trained_base``: also the fully trained non-adapter parameters (checkpoints)."""
+def save_adapter(
+    model: nn.Module, folder: str, with_trained_base: bool = False, state_dict: dict | None = None
+) -> None:
+    """peft adapter folder; ``with_trained_base``: also the fully trained non-adapter parameters (checkpoints).
+    ``state_dict``: the weights to write instead of the model's own (``full_weights.gather``: DeepSpeed's
+    float32 masters)."""
     os.makedirs(folder, exist_ok=True)
     model.peft_config[ADAPTER_NAME].save_pretrained(folder)
-    weights = get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME)
+    weights = get_peft_model_state_dict(model, state_dict=state_dict, adapter_name=ADAPTER_NAME)
     save_file({k: v.detach().contiguous() for k, v in weights.items()}, os.path.join(folder, ADAPTER_WEIGHTS))
     if with_trained_base:
-        base = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
-        base = {k: v for k, v in base.items() if not is_lora_param(k)}
+        values = state_dict if state_dict is not None else dict(model.named_parameters())
+        trained = [k for k, p in model.named_parameters() if p.requires_grad and not is_lora_param(k)]
+        base = {k: values[k].detach().contiguous() for k in trained}
         if base:
             save_file(base, os.path.join(folder, BASE_WEIGHTS))
 
