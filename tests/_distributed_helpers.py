@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from _training_helpers import tiny_config
 from accelerate.state import AcceleratorState, GradientState
@@ -40,6 +42,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants. torch's elastic agent starts each worker in a session of its
+    own, so neither killing the launcher nor its process group reaches them: a hung launch would leave its
+    workers blocked in a collective (holding the output pipes, CPU and ports) for the rest of the suite."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    pending, tree = [pid], []
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        pending.extend(children.get(current, []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def launch(config: dict, launcher_args: list[str], workdir) -> subprocess.CompletedProcess:
     """Write the driver's JSON config and run it under ``accelerate launch``; the output is returned."""
     path = os.path.join(str(workdir), f"config-{os.path.basename(config['output_dir'])}.json")
@@ -48,7 +75,14 @@ def launch(config: dict, launcher_args: list[str], workdir) -> subprocess.Comple
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must notice it runs on CPU processes
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, DRIVER, path]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            kill_process_tree(popen.pid)
+            stdout, stderr = popen.communicate()
+            pytest.fail(f"{' '.join(cmd)} hung for {TIMEOUT} s:\n{stdout[-3000:]}\n{stderr[-6000:]}")
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
