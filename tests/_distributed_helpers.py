@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from _training_helpers import tiny_config
+from _training_helpers import make_data, save_small_recognizer, tiny_config
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
@@ -34,6 +34,29 @@ COMMON = dict(
     font_ocr_train_mode=False,
     mask_ratio=0.5,  # edit- and generation-mode samples
 )
+
+
+def make_assets(tmp_path_factory, name: str) -> dict:
+    """A recognizer and synthetic data (8 training samples, 1 validation sample) in a fresh temporary folder."""
+    root = tmp_path_factory.mktemp(name)
+    return dict(
+        root=root,
+        ocr=save_small_recognizer(str(root / "ocr")),
+        train=make_data(str(root / "train"), n=8, seed=0),
+        val=make_data(str(root / "val"), n=1, seed=2),
+    )
+
+
+def driver_config(assets, name: str, **overrides) -> dict:
+    """The driver's settings: ``COMMON`` + ``overrides`` on ``assets``, output in ``assets["root"] / name``."""
+    return dict(
+        COMMON,
+        output_dir=str(assets["root"] / name),
+        train_json=assets["train"],
+        ocr_dir=assets["ocr"],
+        cache_dir=str(assets["root"] / "hf_cache"),
+        **overrides,
+    )
 
 
 def free_port() -> int:

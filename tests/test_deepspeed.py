@@ -21,16 +21,16 @@ import os
 import shutil
 
 import pytest
-from _training_helpers import make_data, save_small_recognizer
 
 pytest.importorskip("deepspeed")
 
 import torch  # noqa: E402
 from _distributed_helpers import (  # noqa: E402
-    COMMON,
+    driver_config,
     free_port,
     launch,
     launcher_args,
+    make_assets,
     max_difference,
     read_ranks,
     train_one_process,
@@ -48,24 +48,7 @@ def zero2(port: int, mixed_precision: str = "no") -> list[str]:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deepspeed")
-    return dict(
-        root=root,
-        ocr=save_small_recognizer(str(root / "ocr")),
-        train=make_data(str(root / "train"), n=8, seed=0),
-        val=make_data(str(root / "val"), n=1, seed=2),
-    )
-
-
-def driver_config(assets, name: str, **overrides) -> dict:
-    return dict(
-        COMMON,
-        output_dir=str(assets["root"] / name),
-        train_json=assets["train"],
-        ocr_dir=assets["ocr"],
-        cache_dir=str(assets["root"] / "hf_cache"),
-        **overrides,
-    )
+    return make_assets(tmp_path_factory, "deepspeed")
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,16 @@ import shutil
 
 import pytest
 from _distributed_helpers import (
-    COMMON,
+    driver_config,
     free_port,
     launch,
     launcher_args,
+    make_assets,
     max_difference,
     read_ranks,
     train_one_process,
     trainable_weights,
 )
-from _training_helpers import make_data, save_small_recognizer
 
 
 def two_processes(port: int) -> list[str]:
@@ -43,13 +43,7 @@ def two_processes(port: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    return dict(
-        root=root,
-        ocr=save_small_recognizer(str(root / "ocr")),
-        train=make_data(str(root / "train"), n=8, seed=0),
-        val=make_data(str(root / "val"), n=1, seed=2),
-    )
+    return make_assets(tmp_path_factory, "distributed")
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +55,9 @@ def one_process(assets):
 @pytest.fixture(scope="module")
 def two_process_run(assets):
     """2 processes x 2 samples, checkpoint every step (keep 2), TensorBoard logs and validation at step 2."""
-    config = dict(
-        COMMON,
-        output_dir=str(assets["root"] / "two"),
-        train_json=assets["train"],
-        ocr_dir=assets["ocr"],
-        cache_dir=str(assets["root"] / "hf_cache"),
+    config = driver_config(
+        assets,
+        "two",
         checkpointing_steps=1,
         checkpoints_total_limit=2,
         report_to="tensorboard",

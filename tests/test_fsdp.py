@@ -16,16 +16,16 @@ import shutil
 
 import pytest
 from _distributed_helpers import (
-    COMMON,
+    driver_config,
     free_port,
     launch,
     launcher_args,
+    make_assets,
     max_difference,
     read_ranks,
     train_one_process,
     trainable_weights,
 )
-from _training_helpers import make_data, save_small_recognizer
 
 TOLERANCE = 1e-5  # float32 round-off: FSDP reduce-scatters gradients where DDP all-reduces them
 
@@ -36,13 +36,7 @@ def fsdp_processes(port: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fsdp")
-    return dict(
-        root=root,
-        ocr=save_small_recognizer(str(root / "ocr")),
-        train=make_data(str(root / "train"), n=8, seed=0),
-        val=make_data(str(root / "val"), n=1, seed=2),
-    )
+    return make_assets(tmp_path_factory, "fsdp")
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +47,9 @@ def one_process(assets):
 @pytest.fixture(scope="module")
 def fsdp_run(assets):
     """2 FSDP processes x 2 samples, checkpoint every step (keep 2), validation at step 2."""
-    config = dict(
-        COMMON,
-        output_dir=str(assets["root"] / "fsdp"),
-        train_json=assets["train"],
-        ocr_dir=assets["ocr"],
-        cache_dir=str(assets["root"] / "hf_cache"),
+    config = driver_config(
+        assets,
+        "fsdp",
         checkpointing_steps=1,
         checkpoints_total_limit=2,
         validation_data=[assets["val"]],
