@@ -21,8 +21,15 @@ from anytext2_diffusers.training import TrainingCallback, train  # noqa: E402
 
 
 class Recorder(TrainingCallback):
-    def __init__(self):
+    def __init__(self, nan_at_steps=()):
         self.indices, self.logs, self.group = {}, {}, {}
+        self.nan_at_steps = set(nan_at_steps)
+
+    def on_loss(self, state, output):  # fault injection: a non-finite loss in the (0-based) steps given
+        if state.global_step in self.nan_at_steps:
+            # added, not multiplied: the gradients stay finite, so only the loop can keep this step out
+            output.loss = output.loss + float("nan")
+        return output
 
     def on_step_end(self, state, logs, batch_indices):
         import torch.distributed as dist
@@ -44,6 +51,7 @@ def main(path: str) -> None:
     torch.set_num_threads(1)
     with open(path, encoding="utf-8") as f:
         kw = json.load(f)
+    nan_at_steps = kw.pop("nan_at_steps", ())
     fail_save_at_step = kw.pop("fail_save_at_step", None)
     if fail_save_at_step is not None:  # a main-process-only write failure (a full disk) at that step's save
         from anytext2_diffusers.training import checkpointing
@@ -57,7 +65,7 @@ def main(path: str) -> None:
 
         checkpointing.TrainingState.save = failing_save
     config = tiny_config(kw.pop("output_dir"), kw.pop("train_json"), kw.pop("ocr_dir"), **kw)
-    recorder = Recorder()
+    recorder = Recorder(nan_at_steps)
     result = train(config, recorder)
     info = dict(
         world_size=recorder.group.get("world_size", 1),

@@ -263,3 +263,18 @@ def test_bf16_lora_checkpoints_hold_the_float32_masters(assets):
             compared += 1
     assert compared > 50
     assert os.path.isfile(os.path.join(config["output_dir"], "pytorch_lora_weights.safetensors"))
+
+
+def test_a_non_finite_loss_leaves_the_weights_unchanged(assets):
+    """A NaN loss in step 2 (0-based 1): the engine, which steps inside backward, steps with learning rate 0,
+    so the weights after step 2 are exactly those after step 1, as DDP's skipped update leaves them; the step
+    is counted and training goes on."""
+    config = driver_config(assets, "zero2-nan", nan_at_steps=[1], checkpointing_steps=1, checkpoints_total_limit=3)
+    proc = launch(config, zero2(free_port()), assets["root"])
+    out = config["output_dir"]
+    assert [r["global_step"] for r in read_ranks(out)] == [3, 3]
+    assert "step 2: non-finite loss or gradient, update skipped" in proc.stdout + proc.stderr
+    first, second, third = (trainable_weights(os.path.join(out, f"checkpoint-{s}")) for s in (1, 2, 3))
+    assert max_difference(first, second) == 0.0
+    assert max_difference(second, third) > 1e-6  # the next step trains again
+    assert ckpt.TrainingState.load(os.path.join(out, "checkpoint-3")).nonfinite_total == 1

@@ -12,6 +12,7 @@ function of (seed, epoch); a resumed run skips the batches the checkpoint had co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -99,6 +100,26 @@ class _StopSignal:
 def _any_process(accelerator, flag: bool) -> bool:
     value = torch.tensor(float(flag), device=accelerator.device)
     return accelerator.reduce(value, reduction="sum").item() > 0
+
+
+@contextlib.contextmanager
+def _frozen_engine_step(accelerator, optimizer, freeze: bool):
+    """Under DeepSpeed the engine steps inside ``accelerator.backward`` at the last micro-step of a window, so
+    the loop cannot skip that step as it does under DDP; for a window with a non-finite loss it runs with
+    learning rate 0 instead: AdamW's update and its decoupled weight decay are both scaled by the learning
+    rate, so the weights (float32 masters and their half-precision copies) stay exactly as they were. Its
+    moments still see the zeroed gradient. Elsewhere: nothing."""
+    if not freeze or accelerator.state.deepspeed_plugin is None:
+        yield
+        return
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, saved):
+            group["lr"] = lr
 
 
 def _seed_step(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -462,15 +483,19 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                     generators = sample_generators(config.seed, state.global_step, batch.index)
                     with _autocast(accelerator):
                         out = callbacks.on_loss(state, model(batch.to(device, non_blocking=True), generators))
-                    if not _any_process(accelerator, not torch.isfinite(out.loss.detach()).item()):
-                        accelerator.backward(out.loss)
+                    good = not _any_process(accelerator, not torch.isfinite(out.loss.detach()).item())
+                    window["bad"] = window["bad"] or not good
+                    # DeepSpeed steps inside backward at the window's last micro-step: freeze that step instead
+                    with _frozen_engine_step(accelerator, optimizer, window["bad"] and accelerator.sync_gradients):
+                        if good:
+                            accelerator.backward(out.loss)
+                        else:  # every process still runs a backward (DDP expects one); the update is dropped
+                            accelerator.backward(torch.nan_to_num(out.loss) * 0.0)
+                    if good:
                         window["loss"] += (
                             torch.stack([out.simple.mean(), out.ocr.mean(), out.ctc.mean(), out.loss]).detach().float()
                         )
                         window["good"] += 1
-                    else:  # every process still runs a backward (DDP expects one); the window's update is dropped
-                        accelerator.backward(torch.nan_to_num(out.loss) * 0.0)
-                        window["bad"] = True
                     window["n"] += 1
                     window["indices"] += batch.index.tolist()
                     grad_norm = None
@@ -478,8 +503,9 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                         limit = config.max_grad_norm if config.max_grad_norm else float("inf")
                         grad_norm = accelerator.clip_grad_norm_(params, limit)
                         # DeepSpeed: the engine already clipped and stepped in accelerator.backward (its fp16
-                        # scaler skips overflows; a window made bad above is NOT skipped, see docs/scaling.md);
-                        # this returns its pre-clipping norm as a float, and optimizer.step() is a no-op.
+                        # scaler skips overflows; a bad window stepped with learning rate 0, see
+                        # _frozen_engine_step); this returns its pre-clipping norm as a float, and
+                        # optimizer.step() is a no-op.
                         finite = grad_norm is None or math.isfinite(float(grad_norm))
                         if not window["bad"] and finite:
                             optimizer.step()
