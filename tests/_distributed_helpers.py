@@ -13,11 +13,11 @@ import sys
 
 import pytest
 import torch
-from _training_helpers import make_data, save_small_recognizer, tiny_config
+from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config
 from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
-from anytext2_diffusers.training import TrainingCallback, train
+from anytext2_diffusers.training import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DRIVER = os.path.join(HERE, "_distributed_driver.py")
@@ -141,15 +141,6 @@ def read_ranks(output_dir: str) -> list[dict]:
         with open(os.path.join(output_dir, f"rank{r}.json"), encoding="utf-8") as f:
             ranks.append(json.load(f))
     return ranks
-
-
-class Recorder(TrainingCallback):
-    def __init__(self):
-        self.indices, self.logs = {}, {}
-
-    def on_step_end(self, state, logs, batch_indices):
-        self.indices[state.global_step] = list(batch_indices)
-        self.logs[state.global_step] = dict(logs)
 
 
 def train_one_process(assets, name: str, **overrides) -> tuple[str, Recorder]:

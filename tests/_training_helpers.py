@@ -12,7 +12,7 @@ import torch
 
 from anytext2_diffusers.data import make_demo_data
 from anytext2_diffusers.models.ocr import PPOCRRecognizer, load_character_list
-from anytext2_diffusers.training import TrainingConfig
+from anytext2_diffusers.training import TrainingCallback, TrainingConfig
 
 
 def save_small_recognizer(folder: str) -> str:
@@ -55,3 +55,14 @@ def tiny_config(output_dir: str, train_json: str, ocr_dir: str, **overrides) -> 
     )
     values.update(overrides)
     return TrainingConfig(**values)
+
+
+class Recorder(TrainingCallback):
+    """Per optimizer step: the dataset indices trained on and the logged scalars."""
+
+    def __init__(self):
+        self.indices, self.logs = {}, {}
+
+    def on_step_end(self, state, logs, batch_indices):
+        self.indices[state.global_step] = list(batch_indices)
+        self.logs[state.global_step] = dict(logs)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _training_helpers import make_data, save_small_recognizer, tiny_config
+from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 from safetensors.torch import load_file
@@ -46,15 +46,6 @@ def fresh_accelerate():
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-
-
-class Recorder(TrainingCallback):
-    def __init__(self):
-        self.logs, self.indices = {}, {}
-
-    def on_step_end(self, state, logs, batch_indices):
-        self.logs[state.global_step] = dict(logs)
-        self.indices[state.global_step] = list(batch_indices)
 
 
 def read_events(logdir: str) -> tuple[dict, set]:
