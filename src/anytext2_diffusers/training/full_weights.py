@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from . import fsdp
+from . import deepspeed_engine, fsdp
 
 
 def deepspeed_half_precision(accelerator) -> bool:
     """DeepSpeed whose engine computes in fp16/bf16 (the module's parameters are then not the masters)."""
-    return accelerator.state.deepspeed_plugin is not None and accelerator.mixed_precision in ("fp16", "bf16")
+    return deepspeed_engine.active(accelerator) and accelerator.mixed_precision in ("fp16", "bf16")
 
 
 def deepspeed_fp32_state_dict(accelerator, model) -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ function of (seed, epoch); a resumed run skips the batches the checkpoint had co
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data import FaultCounter
 from . import checkpointing as ckpt
-from . import fsdp, full_weights, lora
+from . import deepspeed_engine, fsdp, full_weights, lora
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
 from .speed import sample_generators, setup_training_model
@@ -102,26 +101,6 @@ def _any_process(accelerator, flag: bool) -> bool:
     return accelerator.reduce(value, reduction="sum").item() > 0
 
 
-@contextlib.contextmanager
-def _frozen_engine_step(accelerator, optimizer, freeze: bool):
-    """Under DeepSpeed the engine steps inside ``accelerator.backward`` at the last micro-step of a window, so
-    the loop cannot skip that step as it does under DDP; for a window with a non-finite loss it runs with
-    learning rate 0 instead: AdamW's update and its decoupled weight decay are both scaled by the learning
-    rate, so the weights (float32 masters and their half-precision copies) stay exactly as they were. Its
-    moments still see the zeroed gradient. Elsewhere: nothing."""
-    if not freeze or accelerator.state.deepspeed_plugin is None:
-        yield
-        return
-    saved = [group["lr"] for group in optimizer.param_groups]
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0
-    try:
-        yield
-    finally:
-        for group, lr in zip(optimizer.param_groups, saved):
-            group["lr"] = lr
-
-
 def _seed_step(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """A generator for this micro-step; also reseeds the global torch RNG (dropout) from the same numbers."""
     words = np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, dtype=np.uint64)
@@ -152,41 +131,9 @@ def _accelerator_placement() -> dict:
     ``deepspeed.comm.init_distributed`` (DeepSpeed's CPU accelerator, auto-detected without CUDA)."""
     if not _cpu_processes():
         return {}
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    if deepspeed_engine.requested():
         return dict(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
     return dict(cpu=True)
-
-
-def _autocast(accelerator):
-    """The forward's autocast. accelerate's (``accelerator.autocast``, and the one ``prepare`` wraps around
-    a DDP model's forward) is off under DeepSpeed, whose fp16/bf16 engine casts the module's parameters
-    to half precision instead; DeepSpeed's own input cast (fp16 ``auto_cast``) reaches tensors, lists and
-    dicts, not a ``Batch``, and the step makes float32 tensors of its own (noise, glyphs, positions). So
-    under DeepSpeed the forward runs in ``torch.autocast`` of the engine's dtype."""
-    dtype = _weight_dtype(accelerator)
-    if accelerator.state.deepspeed_plugin is None or dtype == torch.float32:
-        return accelerator.autocast()
-    return torch.autocast(accelerator.device.type, dtype=dtype)
-
-
-def _deepspeed_clipping(accelerator, max_grad_norm: float | None) -> None:
-    """Under DeepSpeed the engine clips, inside ``accelerator.backward`` (its step), and the loop's
-    ``clip_grad_norm_`` only returns the norm the engine measured. accelerate fills an absent or ``auto``
-    ``gradient_clipping`` with 1.0; it is set to ``--max_grad_norm`` instead (0 = off, the reference), so the
-    flag means the same under DDP and DeepSpeed. A number in the DeepSpeed config is kept."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    ds_config = plugin.deepspeed_config
-    value = float(max_grad_norm or 0.0)
-    if ds_config.get("gradient_clipping", "auto") == "auto":
-        ds_config["gradient_clipping"] = value
-    elif float(ds_config["gradient_clipping"]) != value:
-        logger.warning(
-            "DeepSpeed config gradient_clipping=%s overrides --max_grad_norm=%s",
-            ds_config["gradient_clipping"],
-            max_grad_norm,
-        )
 
 
 def _step_logs(accelerator, window: dict, grad_norm, lr_scheduler, state, config) -> dict:
@@ -325,9 +272,8 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if accelerator.is_main_process:
         config.save(os.path.join(config.output_dir, "training_config.yaml"))
     device = accelerator.device
-    deepspeed = accelerator.state.deepspeed_plugin is not None
     model, groups = setup_training_model(
-        parts, config, device, _weight_dtype(accelerator), upcast_buffers=not deepspeed
+        parts, config, device, _weight_dtype(accelerator), upcast_buffers=not deepspeed_engine.active(accelerator)
     )
     trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
     logger.info(
@@ -361,7 +307,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         num_training_steps=max_steps * accelerator.num_processes,
     )
     _register_checkpoint_hooks(accelerator, groups)
-    _deepspeed_clipping(accelerator, config.max_grad_norm)
+    deepspeed_engine.set_clipping(accelerator, config.max_grad_norm)
     model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
     if fsdp.active(accelerator):  # prepare replaced the parameters with DTensor shards
         params = [p for p in model.parameters() if p.requires_grad]
@@ -432,7 +378,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 if ema is not None:
                     ema.store(params)
                     ema.copy_to(params)
-                with _autocast(accelerator):
+                with deepspeed_engine.autocast(accelerator, _weight_dtype(accelerator)):
                     scalars = run_validation(
                         accelerator,
                         accelerator.unwrap_model(model),
@@ -481,12 +427,13 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 with accelerator.accumulate(model):
                     _seed_step(config.seed, state.global_step, window["n"], accelerator.process_index)  # dropout
                     generators = sample_generators(config.seed, state.global_step, batch.index)
-                    with _autocast(accelerator):
+                    with deepspeed_engine.autocast(accelerator, _weight_dtype(accelerator)):
                         out = callbacks.on_loss(state, model(batch.to(device, non_blocking=True), generators))
                     good = not _any_process(accelerator, not torch.isfinite(out.loss.detach()).item())
                     window["bad"] = window["bad"] or not good
                     # DeepSpeed steps inside backward at the window's last micro-step: freeze that step instead
-                    with _frozen_engine_step(accelerator, optimizer, window["bad"] and accelerator.sync_gradients):
+                    freeze = window["bad"] and accelerator.sync_gradients
+                    with deepspeed_engine.frozen_step(accelerator, optimizer, freeze):
                         if good:
                             accelerator.backward(out.loss)
                         else:  # every process still runs a backward (DDP expects one); the update is dropped
@@ -504,7 +451,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                         grad_norm = accelerator.clip_grad_norm_(params, limit)
                         # DeepSpeed: the engine already clipped and stepped in accelerator.backward (its fp16
                         # scaler skips overflows; a bad window stepped with learning rate 0, see
-                        # _frozen_engine_step); this returns its pre-clipping norm as a float, and
+                        # deepspeed_engine.frozen_step); this returns its pre-clipping norm as a float, and
                         # optimizer.step() is a no-op.
                         finite = grad_norm is None or math.isfinite(float(grad_norm))
                         if not window["bad"] and finite:
