@@ -15,7 +15,6 @@ import pytest
 import torch
 from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config
 from accelerate.state import AcceleratorState, GradientState
-from safetensors.torch import load_file
 
 from anytext2_diffusers.training import train
 
@@ -120,14 +119,6 @@ def launcher_args(config_file: str, port: int) -> list[str]:
         "--dynamo_backend",
         "no",
     ]
-
-
-def trainable_weights(folder: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in ("controlnet", "attnx", "text_embedding"):
-        for key, value in load_file(os.path.join(folder, name, "diffusion_pytorch_model.safetensors")).items():
-            out[f"{name}.{key}"] = value
-    return out
 
 
 def max_difference(a: dict, b: dict) -> float:

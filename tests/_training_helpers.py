@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import torch
+from safetensors.torch import load_file
 
 from anytext2_diffusers.data import make_demo_data
 from anytext2_diffusers.models.ocr import PPOCRRecognizer, load_character_list
@@ -66,3 +67,12 @@ class Recorder(TrainingCallback):
     def on_step_end(self, state, logs, batch_indices):
         self.indices[state.global_step] = list(batch_indices)
         self.logs[state.global_step] = dict(logs)
+
+
+def trainable_weights(folder: str) -> dict[str, torch.Tensor]:
+    """``component.key`` -> tensor of the trainable components saved in ``folder`` (output or checkpoint)."""
+    out = {}
+    for name in ("controlnet", "attnx", "text_embedding"):
+        for key, value in load_file(os.path.join(folder, name, "diffusion_pytorch_model.safetensors")).items():
+            out[f"{name}.{key}"] = value
+    return out

@@ -34,8 +34,8 @@ from _distributed_helpers import (  # noqa: E402
     max_difference,
     read_ranks,
     train_one_process,
-    trainable_weights,
 )
+from _training_helpers import trainable_weights
 from test_distributed import two_processes  # noqa: E402
 
 from anytext2_diffusers.training import checkpointing as ckpt  # noqa: E402

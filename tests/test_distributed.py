@@ -32,8 +32,8 @@ from _distributed_helpers import (
     max_difference,
     read_ranks,
     train_one_process,
-    trainable_weights,
 )
+from _training_helpers import trainable_weights
 
 
 def two_processes(port: int) -> list[str]:

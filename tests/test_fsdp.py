@@ -24,8 +24,8 @@ from _distributed_helpers import (
     max_difference,
     read_ranks,
     train_one_process,
-    trainable_weights,
 )
+from _training_helpers import trainable_weights
 
 TOLERANCE = 1e-5  # float32 round-off: FSDP reduce-scatters gradients where DDP all-reduces them
 

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config
+from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config, trainable_weights
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
-from safetensors.torch import load_file
 
 from anytext2_diffusers.training import TrainingCallback, TrainingDiverged, hub, parse_args, train
 from anytext2_diffusers.training import checkpointing as ckpt
@@ -59,14 +58,6 @@ def read_events(logdir: str) -> tuple[dict, set]:
             scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
         images.update(acc.Tags()["images"])
     return scalars, images
-
-
-def trainable_weights(folder: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in ("controlnet", "attnx", "text_embedding"):
-        for key, value in load_file(os.path.join(folder, name, "diffusion_pytorch_model.safetensors")).items():
-            out[f"{name}.{key}"] = value
-    return out
 
 
 def load_output_folder(folder: str) -> dict:
