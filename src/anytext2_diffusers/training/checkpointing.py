@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from . import deepspeed_engine
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
@@ -137,20 +139,16 @@ def _failed_anywhere(accelerator, failed: bool) -> bool:
     return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
-def _deepspeed(accelerator) -> bool:
-    return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
-
-
 def save_state_kwargs(accelerator) -> dict:
     """Extra ``accelerator.save_state`` arguments: DeepSpeed's engine leaves the frozen parameters out."""
-    return dict(exclude_frozen_parameters=True) if _deepspeed(accelerator) else {}
+    return dict(exclude_frozen_parameters=True) if deepspeed_engine.active(accelerator) else {}
 
 
 def load_state_kwargs(accelerator) -> dict:
     """Extra ``accelerator.load_state`` arguments: the engine's module state lacks the frozen parameters
     (see ``save_state_kwargs``), so DeepSpeed must not load it strictly. The trainable components are
     loaded strictly anyway, from their own folders, by the load hook."""
-    return dict(load_module_strict=False) if _deepspeed(accelerator) else {}
+    return dict(load_module_strict=False) if deepspeed_engine.active(accelerator) else {}
 
 
 def save_checkpoint(accelerator, output_dir: str, state: TrainingState, total_limit: int | None) -> str:

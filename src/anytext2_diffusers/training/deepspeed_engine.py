@@ -22,7 +22,8 @@ def requested() -> bool:
 
 
 def active(accelerator) -> bool:
-    return accelerator.state.deepspeed_plugin is not None
+    """The prepared run uses DeepSpeed (an accelerator without ``state``, e.g. a test double: no)."""
+    return getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None) is not None
 
 
 def autocast(accelerator, dtype: torch.dtype):
