@@ -12,7 +12,8 @@ from torch import nn
 from anytext2_diffusers.data import Collator
 from anytext2_diffusers.training import TrainingCallback, train
 from anytext2_diffusers.training.data import build_datasets
-from anytext2_diffusers.training.precision import align_layer_inputs, precision_error
+from anytext2_diffusers.training.precision import align_layer_inputs
+from anytext2_diffusers.training.preflight import precision_error
 from anytext2_diffusers.training.speed import build_training_model, sample_generators
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,9 +104,14 @@ def test_fp16_training_on_cpu_takes_the_autocast_and_grad_scaler_path(assets):
     assert all(torch.isfinite(torch.tensor(log["t/loss"])) for log in seen.logs)
 
 
-def test_impossible_precisions_are_named():
-    assert precision_error("fp16", cuda=False, deepspeed=True, fsdp=False).startswith("--mixed_precision fp16")
-    assert "FSDP" in precision_error("fp16", cuda=False, deepspeed=False, fsdp=True)
-    assert precision_error("fp16", cuda=False, deepspeed=False, fsdp=False) is None
-    assert precision_error("bf16", cuda=False, deepspeed=True, fsdp=False) is None
-    assert "choose" in precision_error("fp8", cuda=False, deepspeed=False, fsdp=False)
+def test_impossible_precisions_are_named(monkeypatch):
+    assert precision_error("fp16", gpu=False) is None  # CPU fp16 runs (test above)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert precision_error("fp16", gpu=False).startswith("--mixed_precision fp16 with DeepSpeed needs a GPU")
+    assert precision_error("fp16", gpu=True) is None
+    assert precision_error("bf16", gpu=False) is None
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert "FSDP" in precision_error("fp16", gpu=False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    assert "choose" in precision_error(None)

@@ -16,33 +16,11 @@ without autocast: each layer that owns weights casts its floating-point inputs t
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
-
-
-def requested_precision(mixed_precision: str | None) -> str:
-    """The precision a run will use: the option, else accelerate's (``accelerate launch`` / config)."""
-    return mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no") or "no"
-
-
-def precision_error(mixed_precision: str | None, *, cuda: bool, deepspeed: bool, fsdp: bool) -> str | None:
-    """Why a precision cannot run here (one line), or None. Checked before anything is loaded or written."""
-    precision = requested_precision(mixed_precision)
-    if precision not in ("no", "fp16", "bf16"):
-        return f"--mixed_precision {precision}: choose no, fp16 or bf16"
-    if precision == "fp16" and not cuda and (deepspeed or fsdp):
-        engine = "DeepSpeed" if deepspeed else "FSDP"
-        return (
-            f"--mixed_precision fp16 with {engine} needs a GPU (DeepSpeed's and FSDP's fp16 loss scaling do not "
-            "run on CPU processes): use bf16 or no"
-        )
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        return "--mixed_precision bf16: this GPU has no bf16 support; use fp16"
-    return None
 
 
 def enable_native_fp16(accelerator) -> bool:
@@ -52,7 +30,7 @@ def enable_native_fp16(accelerator) -> bool:
     if accelerator.mixed_precision != "fp16" or accelerator.device.type != "cpu" or accelerator.native_amp:
         return False
     if getattr(accelerator.state, "deepspeed_plugin", None) is not None or accelerator.is_fsdp2:
-        return False  # refused earlier by precision_error
+        return False  # refused before start-up (preflight.precision_error)
     accelerator.native_amp = True
     accelerator.scaler = torch.amp.GradScaler("cpu")
     logger.warning(
