@@ -102,3 +102,12 @@ def test_next_steps_list_only_what_exists(tmp_path):
     assert "validation" not in _next_steps(result, 1.0)
     (tmp_path / "validation").mkdir()
     assert os.path.join(str(tmp_path), "validation") in _next_steps(result, 1.0)
+
+
+def test_cpu_threads_follow_the_idle_cores():
+    from anytext2_diffusers.training.threads import pick_threads
+
+    assert pick_threads(cores=2, load=22.0, processes=1) == 1  # the busy 2-core box of the measurement
+    assert pick_threads(cores=2, load=0.1, processes=1) == 2
+    assert pick_threads(cores=16, load=4.0, processes=2) == 6
+    assert pick_threads(cores=2, load=0.0, processes=4) == 1
