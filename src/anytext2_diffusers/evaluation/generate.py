@@ -123,11 +123,12 @@ def generate_benchmark(pipe, config: GenerateConfig, state=None, progress: bool 
 def load_pipeline(path: str, mixed_precision: str, device):
     """``AnyText2Pipeline.from_pretrained`` in the requested precision (float32 on CPU)."""
     from ..pipelines import AnyText2Pipeline
+    from ..utils.dtype import dtype_kwarg
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     if torch.device(device).type == "cpu":
         dtype = torch.float32
-    pipe = AnyText2Pipeline.from_pretrained(path, torch_dtype=dtype)
+    pipe = AnyText2Pipeline.from_pretrained(path, **dtype_kwarg(dtype))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -241,6 +241,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     from .validation import run_validation
 
     callbacks = callbacks or TrainingCallback()
+    deepspeed_engine.skip_import_unless_requested()
     # ---------------------------------------------------------------- accelerator, logging, data
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -252,6 +253,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         ),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # 4 file names per checkpoint
     if not accelerator.is_main_process:  # one voice: other ranks report warnings and errors only
         for name in ("anytext2_diffusers", "accelerate"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -15,3 +15,13 @@ def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     if getattr(model, "_keep_in_fp32_modules", None):
         return model.to(dtype=dtype)
     return nn.Module.to(model, dtype=dtype)
+
+
+def dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype`` where diffusers takes it (``torch_dtype`` is deprecated
+    there and warns), ``torch_dtype`` on older diffusers."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401 - present where `dtype` is
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
