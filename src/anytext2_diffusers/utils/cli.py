@@ -58,7 +58,7 @@ def sections(cls) -> dict[str, str]:
 
 def help_with_default(help_text: str, default) -> str:
     """The help text and its default, shown once (a help text that already explains its default keeps it)."""
-    if "default" in help_text.lower():
+    if "default" in help_text.lower() or "(required)" in help_text:
         return help_text
     shown = "none" if default is None else default
     return f"{help_text} (default: {shown})"
@@ -124,3 +124,19 @@ def from_namespace(cls, namespace: argparse.Namespace, **extra):
     values = {k: v for k, v in vars(namespace).items() if k in names}
     values.update(extra)
     return cls(**values)
+
+
+def rewrite_deprecated(argv, renames: dict[str, str], prog: str) -> list[str]:
+    """Old spellings of options -> the current ones, each with a one-line deprecation message on stderr.
+    ``renames`` maps an old flag to its replacement (``--out`` -> ``--output_dir``; ``--public`` ->
+    ``--no-hub_private``); an old flag that took a value keeps it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = []
+    for arg in argv:
+        flag, sep, value = arg.partition("=")
+        if flag in renames:
+            sys.stderr.write(f"{prog}: warning: {flag} is deprecated; use {renames[flag]}\n")
+            out.append(renames[flag] + (sep + value if sep else ""))
+        else:
+            out.append(arg)
+    return out
