@@ -208,3 +208,21 @@ def test_report_keeps_two_models_on_one_benchmark(tmp_path):
     assert rows["English (/runs/b/imgs)"]["sen_acc"] == 0.25
     payload = write_report([ocr("/runs/a/out", 0.5), ocr("/runs/b/out2", 0.25)], tmp_path / "s.json")
     assert sorted(payload["measured"]) == ["English (out)", "English (out2)"]
+
+
+def test_eval_cli_convention(capsys):
+    """Subcommands on the shared option mechanism: shown defaults, --no-x booleans, one-line errors."""
+    import pytest as _pytest
+
+    from anytext2_diffusers.evaluation.cli import build_parser, main
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["ocr"].format_help()
+    assert "--skip_missing, --no-skip_missing" in help_text and "(default: 4)" in help_text
+    with _pytest.raises(SystemExit) as info:
+        main(["clip", "--images", "x"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["anytext2-eval: error: clip: --benchmark is required (see --help)"]
+    with _pytest.raises(SystemExit):
+        main(["ocr", "--image", "x", "--benchmark", "b.json"])  # no abbreviations
+    assert "unrecognized arguments: --image" in capsys.readouterr().err

@@ -148,7 +148,7 @@ def generate_from_args(args) -> dict:
         seed=args.seed,
         added_prompt=EVAL_ADDED_PROMPT if args.a_prompt is None else args.a_prompt,
         negative_prompt=EVAL_NEGATIVE_PROMPT if args.n_prompt is None else args.n_prompt,
-        font_hint=not args.no_font_hint,
+        font_hint=args.font_hint,
         limit=args.limit,
     )
     pipe = load_pipeline(args.pretrained_model_name_or_path, args.mixed_precision, state.device)

@@ -44,15 +44,17 @@ def field_default(f: dataclasses.Field):
 
 def sections(cls) -> dict[str, str]:
     """Field name -> the ``# --- name ---`` comment above it in the dataclass body ("options" before any)."""
-    section_of, current = {}, "options"
-    for line in inspect.getsource(cls).splitlines():
-        heading = re.match(r"\s+# --- (.+?) -+$", line)
-        if heading:
-            current = heading.group(1)
-            continue
-        name = re.match(r"\s+(\w+): .*= (?:option|_opt)\(", line)
-        if name:
-            section_of[name.group(1)] = current
+    section_of = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):  # inherited fields too
+        current = "options"
+        for line in inspect.getsource(klass).splitlines():
+            heading = re.match(r"\s+# --- (.+?) -+$", line)
+            if heading:
+                current = heading.group(1)
+                continue
+            name = re.match(r"\s+(\w+): .*= (?:option|_opt)\(", line)
+            if name:
+                section_of[name.group(1)] = current
     return section_of
 
 
