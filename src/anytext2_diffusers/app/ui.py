@@ -80,7 +80,7 @@ def build_demo(pipe, source: str = "", size: int = 512, steps: int = 20) -> gr.B
         )  # fmt: skip
         return run(req, progress)
 
-    brush = _brush(max(4, size // 24))
+    brush = _brush(max(4, size // 12))  # the reference demo: 40 px on 512
     with gr.Blocks(title="AnyText2") as demo:
         gr.Markdown(
             "## AnyText2: write text into images\n"
