@@ -209,6 +209,7 @@ def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
     assert not [f for f in sent if f.startswith("checkpoint-")]
     for required in (
         "model_index.json",
+        "pipeline.py",  # diffusers' generic entry point (custom_pipeline="pipeline")
         "README.md",
         "training_config.yaml",
         "controlnet/config.json",

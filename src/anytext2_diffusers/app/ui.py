@@ -176,10 +176,11 @@ def build_demo(pipe, source: str = "", size: int = 512, steps: int = 20) -> gr.B
         generate_button.click(generate, [prompt, texts, canvas, width, height, *common], outputs, api_name="generate")
         edit_button.click(edit, [prompt, texts, image, keep, *common], outputs, api_name="edit")
         for slider in (width, height):  # a new size starts a new canvas (strokes would not fit it)
-            slider.release(
+            slider.input(
                 lambda w, h: gr.ImageEditor(value=blank_canvas(w, h), canvas_size=(int(w), int(h))),
                 [width, height],
                 canvas,
+                queue=False,  # not behind a running generation
                 api_visibility="private",
             )
     return demo
