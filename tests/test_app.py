@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -198,6 +199,24 @@ def test_generate_two_regions_two_texts_gives_the_requested_size(server, pipe, t
     ).images
     for got, want in zip(images, direct):
         np.testing.assert_array_equal(got, np.asarray(want))
+
+
+def test_sampling_progress_reaches_the_client(server, tmp_path):
+    # 20 steps take over a second even on an idle machine; the client keeps the latest progress message
+    canvas = editor_value(tmp_path, np.full((128, 192, 3), 235, np.uint8), two_boxes())
+    job = server.submit(
+        prompt="a", texts="A\nB", canvas=canvas, width=192, height=128, steps=20, seed=1, uploaded_font=None,
+        api_name="/generate",
+    )  # fmt: skip
+    seen = set()
+    while not job.done():
+        for unit in job.status().progress_data or []:
+            seen.add((unit.index, unit.length, unit.desc))
+        time.sleep(0.01)
+    job.result()
+    assert seen, "no progress message arrived during sampling"
+    assert {length for _, length, _ in seen} == {20} and {desc for _, _, desc in seen} == {"Sampling"}
+    assert all(1 <= index <= 20 for index, _, _ in seen)
 
 
 def test_edit_gives_an_image(server, tmp_path):
