@@ -6,7 +6,6 @@ page shows; the Gradio layer (``ui.py``) only maps widgets to these functions.
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ from PIL import Image, ImageColor, ImageDraw
 
 from ..data.fonts import BUNDLED_FONT_DIR, load_font, missing_chars
 from ..pipelines import inputs as I
-
-logger = logging.getLogger(__name__)
 
 MAX_LINES = 5  # the reference demo's number of per-line font / colour rows
 NO_FONT = "No font"  # the line gets no font condition (reference "No Font")
@@ -255,9 +252,11 @@ def prepare(req: Request) -> tuple[dict, Image.Image, list[str]]:
             " or stroke per line (touching strokes count as one region; specks under 20 pixels are ignored)."
         )
     if len(masks) > len(texts):
+        first, last = len(texts) + 1, len(masks)
+        extra = f"region {last} gets" if first == last else f"regions {first}-{last} get"
         warnings.append(
-            f"{len(masks)} regions for {len(texts)} lines: regions {len(texts) + 1}-{len(masks)} get no text"
-            " (they stay in the position hint, as in the reference)."
+            f"{len(masks)} regions for {len(texts)} lines: {extra} no text (kept in the position hint, as in the"
+            " reference)."
         )
     fonts = resolve_fonts(texts, list(req.fonts), req.uploaded_font)
     colors = [parse_color(c) for c in list(req.colors)[: len(texts)]]
