@@ -17,6 +17,18 @@ PARITY_PACK_FILES = (
 )
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "parity: needs the reference parity pack (set automatically)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that reads the parity pack, so CI can rerun exactly those against a second pack
+    (``pytest -m parity``)."""
+    for item in items:
+        if "parity_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.parity)
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     """The reference parity pack (``ANYTEXT2_PARITY_DIR``): tests that need it skip when it is not set, and
