@@ -15,6 +15,8 @@ import diffusers
 import torch
 from diffusers import DDIMScheduler
 
+from ..utils.dtype import cast_model
+
 logger = logging.getLogger(__name__)
 
 PIPELINE_COMPONENTS = (
@@ -47,7 +49,7 @@ def save_pipeline_folder(parts: dict, output_dir: str) -> None:
     components["scheduler"] = inference_scheduler(parts["scheduler"])
     for name, model in components.items():
         if isinstance(model, torch.nn.Module) and model.dtype != torch.float32:
-            components[name] = model.to(torch.float32)
+            components[name] = cast_model(model, torch.float32)
     try:
         from ..pipelines import AnyText2Pipeline
     except ImportError:
