@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import os
 
@@ -159,6 +160,17 @@ def test_dataset_name_is_the_training_data(tmp_path, monkeypatch):
     assert seen["name"] == "user/anyword-mini"
 
 
+def _position_image(path, lines: int) -> str:
+    """A 64 px position image: ``lines`` white bars on black, one under the other."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (64, 64), 0)
+    for i in range(lines):
+        ImageDraw.Draw(image).rectangle([8, 8 + 24 * i, 56, 24 + 24 * i], fill=255)
+    image.save(path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def one_step_runs(tmp_path_factory):
     """Two optimizer steps of the tiny model per option set (same seed, data and weights); the logged scalars.
@@ -174,6 +186,12 @@ def one_step_runs(tmp_path_factory):
         snr=dict(snr_gamma=0.01),
         offset=dict(noise_offset=0.1),
         adam8=dict(use_8bit_adam=True, checkpointing_steps=2),
+        prompts=dict(
+            validation_prompt=['a sign that reads "OPEN"', 'a card with "HI" and "YO"'],
+            validation_image=[_position_image(root / "one.png", 1), _position_image(root / "two.png", 2)],
+            validation_data=[],
+            report_to="tensorboard",
+        ),
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -216,3 +234,36 @@ def test_8bit_adam_reaches_the_training_loop(one_step_runs):
     plain = _optimizer_state_dtypes(one_step_runs["default_dir"])
     assert eight.get("torch.uint8", 0) > 0, eight
     assert set(plain) == {"torch.float32"}, plain
+
+
+def test_validation_prompts_are_sampled_and_logged_without_a_validation_split(one_step_runs):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = one_step_runs["prompts_dir"]
+    grid = Image.open(os.path.join(run, "validation", "prompts-step-000002.png"))
+    # a header strip, then one 64 px row per prompt of 3 tiles (positions, generated, prompt / OCR)
+    assert grid.width == 3 * 64 and grid.height > 2 * 64
+    assert not os.path.exists(os.path.join(run, "validation", "step-000002.png"))  # no validation split
+    tags = set()
+    for path in glob.glob(os.path.join(run, "logs", "**", "events.out.tfevents.*"), recursive=True):
+        events = EventAccumulator(path, size_guidance={"images": 0})
+        events.Reload()
+        tags.update(events.Tags()["images"])
+    assert "v/prompt_images" in tags
+
+
+def test_validation_prompt_preflight(tmp_path):
+    image = _position_image(tmp_path / "p.png", 1)
+    ok = TrainingConfig(tiny_model=True, validation_prompt=['say "A"', 'say "B"'], validation_image=[image])
+    assert not any("--validation" in e for e in preflight.config_errors(ok))
+    errors = preflight.config_errors(
+        TrainingConfig(
+            tiny_model=True,
+            validation_prompt=["no quotes", 'say "B"', 'say "C"'],
+            validation_image=[image, str(tmp_path / "missing.png")],
+        )
+    )
+    assert "--validation_image: 2 images for 3 prompts; give one per prompt or one for all" in errors
+    assert "--validation_prompt 'no quotes': no text in double quotes (e.g. a sign that reads \"OPEN\")" in errors
+    assert f"--validation_image {tmp_path / 'missing.png'}: file not found" in errors

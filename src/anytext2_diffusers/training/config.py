@@ -202,6 +202,20 @@ class TrainingConfig:
     validation_steps: int | None = _opt(1000, "Validate every N optimizer steps (and always at the end).", type=int)
     num_validation_images: int = _opt(4, "Validation samples to draw (and validation batches' images to log).")
     max_validation_batches: int = _opt(4, "Validation batches for the v/* losses.")
+    validation_prompt: list = _opt(
+        [],
+        "Captions sampled at each validation with the texts in double quotes, e.g. 'a sign that reads \"OPEN\"' "
+        "(no validation split needed); logged as the v/prompt_images grid.",
+        nargs="+",
+        type=str,
+    )
+    validation_image: list = _opt(
+        [],
+        "Position images for --validation_prompt (white regions on black, one per quoted line, in reading order): "
+        "one per prompt, or one for all.",
+        nargs="+",
+        type=str,
+    )
     validation_num_inference_steps: int = _opt(20, "Sampler steps for validation images.")
     validation_guidance_scale: float = _opt(9.0, "CFG scale for validation images (the reference logs 9.0).")
     # --- hub ----------------------------------------------------------------------------------

@@ -368,8 +368,9 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     def validate() -> dict:
         scalars = {}
         # Under FSDP every process gathers the parameters (a collective); the main process validates.
-        with fsdp.unsharded(accelerator, model, enabled=val_set is not None):
-            if accelerator.is_main_process and val_set is not None:
+        validating = val_set is not None or bool(config.validation_prompt)
+        with fsdp.unsharded(accelerator, model, enabled=validating):
+            if accelerator.is_main_process and validating:
                 if ema is not None:
                     ema.store(params)
                     ema.copy_to(params)

@@ -112,6 +112,23 @@ def bnb_error(*, gpu: bool | None = None) -> str | None:
     return None
 
 
+def validation_prompt_errors(prompts: list[str], images: list[str]) -> list[str]:
+    """``--validation_prompt`` / ``--validation_image``: pairs (or one image for all prompts), quoted texts,
+    existing image files."""
+    errors = []
+    if images and not prompts:
+        errors.append("--validation_image needs --validation_prompt")
+    if prompts and len(images) not in (1, len(prompts)):
+        errors.append(
+            f"--validation_image: {len(images)} images for {len(prompts)} prompts; give one per prompt or one for all"
+        )
+    for prompt in prompts:
+        if not re.search(r'"[^"]+"', prompt):
+            errors.append(f'--validation_prompt {prompt!r}: no text in double quotes (e.g. a sign that reads "OPEN")')
+    errors += [_missing("--validation_image", path, "file") for path in images if not os.path.isfile(path)]
+    return errors
+
+
 def _missing(option: str, path: str, what: str) -> str:
     return f"{option} {path}: {what} not found"
 
@@ -167,6 +184,7 @@ def config_errors(config) -> list[str]:
         problem = bnb_error()
         if problem:
             errors.append(problem)
+    errors += validation_prompt_errors(list(config.validation_prompt), list(config.validation_image))
     if config.lr_num_cycles < 1:
         errors.append(f"--lr_num_cycles {config.lr_num_cycles}: must be >= 1")
     if config.snr_gamma is not None and config.snr_gamma <= 0:
