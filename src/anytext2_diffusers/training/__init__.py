@@ -9,8 +9,12 @@ import logging
 import os
 import time
 
+from .checkpointing import CheckpointDamaged
 from .config import DEMO_PRESET, TrainingConfig, parse_args
 from .loop import TrainingCallback, TrainingDiverged, TrainResult, train
+from .output import FinalSaveError
+from .resume_check import ResumeRefused
+from .run_lock import OutputDirLocked
 
 __all__ = [
     "DEMO_PRESET",
@@ -47,8 +51,8 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         result = train(config)
-    except TrainingDiverged as err:
-        logger.error("%s", err)
+    except (TrainingDiverged, FinalSaveError, OutputDirLocked, ResumeRefused, CheckpointDamaged) as err:
+        logger.error("%s", err)  # one message, no traceback: each names what to do
         return 1
     if not result.is_main_process:
         return 0
