@@ -3,8 +3,8 @@
 A checkpoint is written into ``checkpoint-N.partial/`` and renamed to ``checkpoint-N/`` only after a
 completion marker (``checkpoint_complete.json``, listing every file's size and sha256) is in it, so a crash
 mid-write never produces a folder that ``latest`` would pick, and a file damaged later is found (``verify``)
-and named instead of failing deep inside ``torch.load``. Inside: accelerate's optimizer / scheduler / RNG / EMA files, each
-trainable component written with ``save_pretrained`` by the save hook (``controlnet/``, ``attnx/``,
+and named instead of failing deep inside ``torch.load``. Inside: accelerate's optimizer / scheduler / RNG / EMA
+files, each trainable component written with ``save_pretrained`` by the save hook (``controlnet/``, ``attnx/``,
 ``text_embedding/``, and ``unet/`` when parts of it train), and ``training_state.json`` (step, epoch,
 position in the epoch, fault counters) for an exact resume, and the run's ``training_config.yaml`` (compared
 on resume by ``resume_check``).
