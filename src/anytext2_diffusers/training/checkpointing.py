@@ -197,7 +197,10 @@ def latest_checkpoint(output_dir: str, hashes: bool = False) -> str | None:
 
 def previous_checkpoint(output_dir: str, path: str) -> str | None:
     """The newest intact checkpoint older than ``path`` (the fallback offered for a damaged one)."""
-    step = int(_NAME.match(os.path.basename(os.path.normpath(path))).group(1))
+    named = _NAME.match(os.path.basename(os.path.normpath(path)))
+    if named is None:  # a folder outside the checkpoint-N naming: no order to fall back along
+        return None
+    step = int(named.group(1))
     for s, candidate in reversed(list_checkpoints(output_dir)):
         if s < step and _intact(candidate, hashes=True):
             return candidate
