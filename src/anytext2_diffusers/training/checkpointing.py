@@ -281,6 +281,7 @@ def recover_partials(output_dir: str) -> None:
             logger.warning("promoted %s to %s: it was complete, only its rename had been interrupted", name, final)
         else:
             shutil.rmtree(path, ignore_errors=True)
+            logger.info("removed %s: an interrupted checkpoint write", name)
     for name in names:
         path = os.path.join(output_dir, name)
         if not (name.startswith(PREFIX) and name.endswith(ASIDE_SUFFIX)):
