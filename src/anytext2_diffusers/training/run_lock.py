@@ -59,6 +59,15 @@ class OutputLock:
             holder = {}
         return holder if isinstance(holder, dict) else {}
 
+    def _holder(self, fd: int) -> dict:
+        """The holder's host and pid; a holder that has just taken the lock writes them a moment later."""
+        for _ in range(50):
+            holder = self._read(fd)
+            if "pid" in holder:
+                return holder
+            time.sleep(0.02)
+        return holder
+
     def acquire(self) -> OutputLock:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         host = socket.gethostname()
@@ -67,7 +76,7 @@ class OutputLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = self._read(fd)
+                holder = self._holder(fd)
                 os.close(fd)
                 raise OutputDirLocked(
                     f"{os.path.dirname(self.path)} is in use by another run ({_describe(holder)}; lock file "
