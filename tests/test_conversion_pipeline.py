@@ -37,16 +37,28 @@ def same_weights(a, b):
 
 
 @pytest.fixture(scope="module")
-def tiny_yaml(tmp_path_factory):
+def tiny_yaml():
+    """The shipped tiny model yaml; it is the SD1.5 yaml shrunk to the tiny components' sizes."""
     sys.path.insert(0, str(ROOT / "tests"))
     from test_conversion import tiny_original_config
 
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_original_config()))
+    from anytext2_diffusers.configs import config_path
+
+    path = config_path("anytext2_tiny.yaml")
+    assert yaml.safe_load(open(path, encoding="utf-8")) == tiny_original_config()
     return path
 
 
-def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml):
+def test_to_original_of_a_tiny_pipeline_asks_for_its_yaml(tmp_path):
+    from anytext2_diffusers.conversion.pipeline_io import convert_pipeline_to_original
+
+    tiny_pipeline(0).save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="not an SD1.5-sized model .*--original_config tiny"):
+        convert_pipeline_to_original(tmp_path / "pipe", tmp_path / "o.safetensors")
+    assert convert_pipeline_to_original(tmp_path / "pipe", tmp_path / "o.safetensors", "tiny") > 0
+
+
+def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml, monkeypatch):
     pipe = tiny_pipeline(0)
     pipe.save_pretrained(tmp_path / "pipe")
     run_convert(
@@ -75,6 +87,10 @@ def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml):
         quick_generate(AnyText2Pipeline.from_pretrained(tmp_path / "pipe"), size=128, output_type="np"),
         quick_generate(back, size=128, output_type="np"),
     )
+    # the converted folder also loads through diffusers' generic entry point
+    from _generic_loader import assert_generic_loader_matches
+
+    assert_generic_loader_matches(tmp_path / "back", tmp_path / "modules", monkeypatch)
 
 
 def test_parity_checkpoint_converts_with_every_key_used(parity_dir, tmp_path):

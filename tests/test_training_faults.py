@@ -15,17 +15,12 @@ from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_c
 from accelerate.state import AcceleratorState, GradientState
 
 import anytext2_diffusers.training as training
-from anytext2_diffusers.training import (
-    CheckpointDamaged,
-    FinalSaveError,
-    OutputDirLocked,
-    ResumeRefused,
-    TrainingCallback,
-    train,
-)
+from anytext2_diffusers.training import TrainingCallback, train
 from anytext2_diffusers.training import checkpointing as ckpt
-from anytext2_diffusers.training.output import STAGING
-from anytext2_diffusers.training.run_lock import LOCK_FILE, OutputLock
+from anytext2_diffusers.training.checkpointing import CheckpointDamaged
+from anytext2_diffusers.training.output import STAGING, FinalSaveError
+from anytext2_diffusers.training.resume_check import ResumeRefused
+from anytext2_diffusers.training.run_lock import LOCK_FILE, OutputDirLocked, OutputLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,6 +151,8 @@ def test_a_full_disk_at_the_end_keeps_the_steps_in_a_checkpoint_and_says_so(asse
 
 
 def test_main_reports_a_refusal_in_one_line_and_exits_non_zero(caplog):
-    with mock.patch.object(training, "train", side_effect=FinalSaveError("the final pipeline folder was not written")):
-        assert training.main(["--tiny_model"]) == 1
+    from anytext2_diffusers.training import loop
+
+    with mock.patch.object(loop, "train", side_effect=FinalSaveError("the final pipeline folder was not written")):
+        assert training.main(["--demo"]) == 1
     assert "the final pipeline folder was not written" in caplog.text and "Traceback" not in caplog.text

@@ -131,8 +131,9 @@ def test_few_step_run_logs_and_output_folder(few_step_run):
     grids = sorted(glob.glob(os.path.join(config.output_dir, "validation", "step-*.png")))
     grid = np.asarray(Image.open(grids[-1]))
     size = config.resolution
-    assert grid.shape == (size * config.num_validation_images, size * 7, 3)
-    assert grid[:, 5 * size : 6 * size].any(), "the generated-sample column is empty (pipeline sampling failed?)"
+    header = max(16, size // 8)  # the column names (validation.header_row)
+    assert grid.shape == (header + size * config.num_validation_images, size * 7, 3)
+    assert grid[header:, 5 * size : 6 * size].any(), "the generated-sample column is empty (pipeline sampling failed?)"
 
     parts = load_output_folder(config.output_dir)
     assert set(parts) == {
@@ -158,6 +159,13 @@ def test_few_step_run_logs_and_output_folder(few_step_run):
 
     saved = parse_args(["--config", os.path.join(config.output_dir, "training_config.yaml")])
     assert saved.to_dict() == config.to_dict()
+
+
+def test_output_folder_loads_through_diffusers_generic_entry_point(few_step_run, tmp_path, monkeypatch):
+    from _generic_loader import assert_generic_loader_matches
+
+    config, _, _ = few_step_run
+    assert_generic_loader_matches(config.output_dir, tmp_path / "modules", monkeypatch)
 
 
 def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
@@ -202,6 +210,7 @@ def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
     assert not [f for f in sent if f.startswith("checkpoint-")]
     for required in (
         "model_index.json",
+        "pipeline.py",  # diffusers' generic entry point (custom_pipeline="pipeline")
         "README.md",
         "training_config.yaml",
         "controlnet/config.json",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +38,7 @@ from ..models.attnx import AnyText2AttnXModel
 from ..models.conditioning import AnyText2CaptionEncoder
 from ..models.writenet import AnyText2ControlNetModel
 from . import inputs as I
+from .community import write_community_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,14 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self._warned_no_text_embedding = False
         self.attach_attnx()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' ``save_pretrained`` plus ``pipeline.py``, so that ``DiffusionPipeline.from_pretrained(folder,
+        custom_pipeline="pipeline", trust_remote_code=True)`` loads the folder too (training, conversion and
+        users all save through here)."""
+        os.makedirs(save_directory, exist_ok=True)
+        write_community_pipeline(save_directory)  # first, so that push_to_hub=True uploads it too
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     # ------------------------------------------------------------------------------------------------
     # AttnX
     # ------------------------------------------------------------------------------------------------
@@ -167,15 +178,19 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
                 ]
                 for row in font_hint_crops
             ]
-        out = self.text_embedding(
-            glyph_line=batch.glyph_line.to(device),
-            position=batch.position.to(device),
-            font_hint=batch.font_hint.to(device),
-            color=batch.color.to(device, torch.float32),
-            n_lines=batch.n_lines,
-            glyph_recognizer=self.ocr,
-            font_crops=crops,
-        )
+        with warnings.catch_warnings():
+            if all(not t.strip() for row in batch.text for t in row):
+                # no text at all: the reference's single empty line crops its fallback box, by design
+                warnings.filterwarnings("ignore", message="empty position mask")
+            out = self.text_embedding(
+                glyph_line=batch.glyph_line.to(device),
+                position=batch.position.to(device),
+                font_hint=batch.font_hint.to(device),
+                color=batch.color.to(device, torch.float32),
+                n_lines=batch.n_lines,
+                glyph_recognizer=self.ocr,
+                font_crops=crops,
+            )
         return out.line_embeds, out.n_lines
 
     def encode_vae(self, images: torch.Tensor) -> torch.Tensor:

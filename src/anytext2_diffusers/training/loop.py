@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data import FaultCounter
 from . import checkpointing as ckpt
-from . import deepspeed_engine, fsdp, full_weights, lora, resume_check
+from . import deepspeed_engine, fsdp, full_weights, lora, precision, resume_check
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
 from .output import FinalSaveError, save_pipeline_folder
@@ -239,6 +239,7 @@ def _prepare_demo(config, accelerator) -> None:
 
 def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     """Train; the main process holds the output folder's lock (``run_lock``) from start to end."""
+    deepspeed_engine.skip_import_unless_requested()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -249,6 +250,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         ),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # 4 file names per checkpoint
     if not accelerator.is_main_process:  # one voice: other ranks report warnings and errors only
         for name in ("anytext2_diffusers", "accelerate"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -263,6 +265,7 @@ def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
     config.mixed_precision = accelerator.mixed_precision  # the saved configuration states the precision used
     fsdp.enable_on_cpu_processes(accelerator)
     fsdp.check_supported(accelerator, config)
+    precision.enable_native_fp16(accelerator)  # a CPU fp16 run takes the GPU's autocast + GradScaler path
     if accelerator.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
         ckpt.recover_partials(config.output_dir)
@@ -471,8 +474,11 @@ def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
                         # deepspeed_engine.frozen_step); this returns its pre-clipping norm as a float, and
                         # optimizer.step() is a no-op.
                         finite = grad_norm is None or math.isfinite(float(grad_norm))
-                        if not window["bad"] and finite:
+                        if not window["bad"] and (finite or accelerator.scaler is not None):
+                            # fp16 GradScaler: an overflow skips the update and lowers the scale (expected in
+                            # the first steps; not a fault), so the scaler must see every finite-loss step.
                             optimizer.step()
+                            window["overflow"] = accelerator.scaler is not None and optimizer.step_was_skipped
                         else:
                             window["bad"] = True
                         lr_scheduler.step()
@@ -489,6 +495,12 @@ def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
                             state.global_step,
                             state.nonfinite_in_a_row,
                             state.nonfinite_total,
+                        )
+                    elif window.get("overflow"):
+                        logger.info(
+                            "step %d: fp16 gradient overflow, update skipped by the loss scaler (scale now %g)",
+                            state.global_step,
+                            accelerator.scaler.get_scale(),
                         )
                     else:
                         state.nonfinite_in_a_row = 0

@@ -17,6 +17,8 @@ import diffusers
 import torch
 from diffusers import DDIMScheduler
 
+from ..utils.dtype import cast_model
+
 logger = logging.getLogger(__name__)
 
 MODEL_INDEX = "model_index.json"
@@ -127,7 +129,7 @@ def save_pipeline_folder(parts: dict, output_dir: str) -> None:
     components["scheduler"] = inference_scheduler(parts["scheduler"])
     for name, model in components.items():
         if isinstance(model, torch.nn.Module) and model.dtype != torch.float32:
-            components[name] = model.to(torch.float32)
+            components[name] = cast_model(model, torch.float32)
     os.makedirs(output_dir, exist_ok=True)
     _put_back(output_dir)  # a swap interrupted by a kill in an earlier run
     staging = os.path.join(output_dir, STAGING)
