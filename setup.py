@@ -31,6 +31,8 @@ EXTRAS = {
     "wandb": ["wandb"],
     # DeepSpeed ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml); tests/test_deepspeed.py runs it on CPU processes.
     "deepspeed": ["deepspeed>=0.19.8,<0.20"],
+    # --use_8bit_adam: bitsandbytes' AdamW8bit; from 0.50 it also runs on CPUs (tests/test_training_options.py).
+    "bnb": ["bitsandbytes>=0.50"],
     # The browser app (anytext2-app, examples/gradio_app.py); gradio_client comes with gradio.
     "app": ["gradio>=6,<7"],
 }
@@ -41,6 +43,7 @@ EXTRAS["test"] = sorted(
         + EXTRAS["eval"]
         + EXTRAS["deepspeed"]
         + EXTRAS["app"]
+        + EXTRAS["bnb"]
         # drives Debian's chromium in tests/test_app_browser.py (the browser itself comes from apt, see .ci/run)
         + ["pytest>=7", "pytest-timeout>=2", "selenium>=4.20,<5"]
     )

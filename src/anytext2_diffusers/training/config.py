@@ -44,6 +44,12 @@ class TrainingConfig:
     train_data: list = _opt(
         [], "AnyWord annotation JSON files, a Parquet export folder or a Hub dataset id.", nargs="+", type=str
     )
+    dataset_name: str | None = _opt(
+        None,
+        "Hub dataset id, or a folder written by anytext2-export, loaded through datasets (diffusers' name for "
+        "a one-source --train_data; the two are exclusive).",
+        type=str,
+    )
     validation_data: list = _opt(
         [],
         "Validation data in the same forms; default: the train data's validation split if any.",
@@ -126,6 +132,9 @@ class TrainingConfig:
         choices=["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"],
     )
     lr_warmup_steps: int = _opt(0, "Warm-up steps of the schedule.")
+    lr_num_cycles: int = _opt(1, "Hard restarts of cosine_with_restarts (diffusers' num_cycles).")
+    lr_power: float = _opt(1.0, "Power of the polynomial schedule.")
+    use_8bit_adam: bool = _opt(False, "bitsandbytes' 8-bit AdamW (pip install anytext2-diffusers[bnb]).")
     adam_beta1: float = _opt(0.9, "AdamW beta1.")
     adam_beta2: float = _opt(0.999, "AdamW beta2.")
     adam_weight_decay: float = _opt(0.01, "AdamW weight decay (torch's default, as the reference).")
@@ -141,6 +150,13 @@ class TrainingConfig:
     seed: int = _opt(0, "Seed of the data order, noise, timesteps and dropout (one seed, exact resume).")
     use_ema: bool = _opt(False, "Keep an EMA of the trainable weights (saved as the final weights).")
     ema_decay: float = _opt(0.9999, "EMA decay.")
+    snr_gamma: float | None = _opt(
+        None,
+        "Min-SNR weighting of the diffusion term (Hang et al. 2023; 5.0 is the usual value); off: the reference's "
+        "unweighted loss.",
+        type=float,
+    )
+    noise_offset: float = _opt(0.0, "Scale of a per-channel constant added to the training noise (0: off).")
     max_nonfinite_steps: int = _opt(5, "Stop (with a checkpoint) after this many non-finite losses in a row.")
     # --- speed (docs/scaling.md) --------------------------------------------------------------
     cache_latents: bool = _opt(
@@ -186,7 +202,9 @@ class TrainingConfig:
     )
     # --- logging & validation -----------------------------------------------------------------
     report_to: str = _opt(
-        "tensorboard", "tensorboard | wandb | all | none.", choices=["tensorboard", "wandb", "all", "none"]
+        "tensorboard",
+        "Tracker(s) accelerate logs to: one of its trackers (tensorboard, wandb, comet_ml, mlflow, aim, clearml, "
+        "dvclive, ...), several comma-separated, all, or none.",
     )
     logging_dir: str = _opt("logs", "Tracker folder, relative to output_dir.")
     tracker_project_name: str = _opt("anytext2", "Tracker project / run group name.")
@@ -194,6 +212,20 @@ class TrainingConfig:
     validation_steps: int | None = _opt(1000, "Validate every N optimizer steps (and always at the end).", type=int)
     num_validation_images: int = _opt(4, "Validation samples to draw (and validation batches' images to log).")
     max_validation_batches: int = _opt(4, "Validation batches for the v/* losses.")
+    validation_prompt: list = _opt(
+        [],
+        "Captions sampled at each validation with the texts in double quotes, e.g. 'a sign that reads \"OPEN\"' "
+        "(no validation split needed); logged as the v/prompt_images grid.",
+        nargs="+",
+        type=str,
+    )
+    validation_image: list = _opt(
+        [],
+        "Position images for --validation_prompt (white regions on black, one per quoted line, in reading order): "
+        "one per prompt, or one for all.",
+        nargs="+",
+        type=str,
+    )
     validation_num_inference_steps: int = _opt(20, "Sampler steps for validation images.")
     validation_guidance_scale: float = _opt(9.0, "CFG scale for validation images (the reference logs 9.0).")
     # --- hub ----------------------------------------------------------------------------------
@@ -225,6 +257,10 @@ class TrainingConfig:
                 "--unlock_qkv trains the UNet's q/k/v in full; with --lora_rank the UNet's attention trains as "
                 "LoRA adapters instead: drop --unlock_qkv (or 'unet' from --lora_components)"
             )
+        if self.dataset_name:
+            if self.train_data and list(self.train_data) != [self.dataset_name]:
+                raise ValueError("--dataset_name and --train_data both name the training data: give one")
+            self.train_data = [self.dataset_name]
         if self.merge_lora_at_end and not self.lora_rank:
             raise ValueError("--merge_lora_at_end needs --lora_rank > 0")
 

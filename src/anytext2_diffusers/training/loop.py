@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
@@ -32,7 +31,9 @@ from . import checkpointing as ckpt
 from . import deepspeed_engine, fsdp, full_weights, lora, precision, resume_check
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
+from .optim import make_lr_scheduler, make_optimizer
 from .output import FinalSaveError, save_pipeline_folder
+from .preflight import report_to_trackers
 from .run_lock import lock_output_dir
 from .speed import sample_generators, setup_training_model
 from .trainable import describe
@@ -244,7 +245,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         **_accelerator_placement(),
-        log_with=None if config.report_to == "none" else config.report_to,
+        log_with=report_to_trackers(config.report_to),
         project_config=ProjectConfiguration(
             project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
         ),
@@ -301,24 +302,15 @@ def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
     lr = config.learning_rate
     if config.scale_lr:
         lr *= config.gradient_accumulation_steps * config.train_batch_size * accelerator.num_processes
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for _, p in group], "name": name} for name, group in groups.items()],
-        lr=lr,
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
+    optimizer = make_optimizer(
+        [{"params": [p for _, p in group], "name": name} for name, group in groups.items()], config, lr
     )
     train_loader = make_loader(train_set, config, shuffle=True)[0]
     val_loader = make_loader(val_set, config, shuffle=False)[0] if val_set is not None else None
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / config.gradient_accumulation_steps)
     max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_steps * accelerator.num_processes,
-    )
+    lr_scheduler = make_lr_scheduler(config, optimizer, max_steps, accelerator.num_processes)
     _register_checkpoint_hooks(accelerator, groups)
     deepspeed_engine.set_clipping(accelerator, config.max_grad_norm)
     model, optimizer, train_loader, lr_scheduler = accelerator.prepare(model, optimizer, train_loader, lr_scheduler)
@@ -393,8 +385,9 @@ def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
     def validate() -> dict:
         scalars = {}
         # Under FSDP every process gathers the parameters (a collective); the main process validates.
-        with fsdp.unsharded(accelerator, model, enabled=val_set is not None):
-            if accelerator.is_main_process and val_set is not None:
+        validating = val_set is not None or bool(config.validation_prompt)
+        with fsdp.unsharded(accelerator, model, enabled=validating):
+            if accelerator.is_main_process and validating:
                 if ema is not None:
                     ema.store(params)
                     ema.copy_to(params)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import cv2
 import numpy as np
@@ -117,8 +118,8 @@ def _to_u8(images: torch.Tensor) -> np.ndarray:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
-    """(B, H, W, 3) uint8 samples from ``AnyText2Pipeline`` (CFG), or None when the pipeline is unavailable."""
+def _pipeline(parts: dict):
+    """``AnyText2Pipeline`` over the training components with a DDIM sampler, or None when unavailable."""
     try:
         from ..pipelines import AnyText2Pipeline
     except ImportError as err:
@@ -139,6 +140,14 @@ def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
         ocr=parts["ocr"],
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
+    """(B, H, W, 3) uint8 samples from ``AnyText2Pipeline`` (CFG), or None when the pipeline is unavailable."""
+    pipe = _pipeline(parts)
+    if pipe is None:
+        return None
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(batch))]
     out = pipe.generate_from_batch(
         batch,
@@ -191,7 +200,54 @@ def validation_grid(model, parts: dict, dataset, config, device) -> np.ndarray:
     return np.concatenate([header_row(COLUMNS, size), *rows], axis=0)
 
 
-def log_images(accelerator, tag: str, image: np.ndarray, step: int) -> None:
+PROMPT_COLUMNS = ("positions", "generated", "prompt, OCR")
+
+
+def _prompt_pairs(config) -> list[tuple[str, str]]:
+    images = list(config.validation_image)
+    prompts = list(config.validation_prompt)
+    if len(images) == 1:
+        images = images * len(prompts)
+    return list(zip(prompts, images))
+
+
+@torch.no_grad()
+def prompt_grid(parts: dict, config) -> np.ndarray | None:
+    """``--validation_prompt`` samples: a header, then per prompt its position image, the sample generated
+    with the quoted texts at the drawn regions (CFG, fixed seed), and the prompt with the OCR reading of each
+    line. None when the pipeline is unavailable."""
+    pipe = _pipeline(parts)
+    if pipe is None:
+        return None
+    from ..pipelines.inputs import positions_to_masks
+
+    size = config.resolution
+    rows = []
+    for i, (prompt, image_path) in enumerate(_prompt_pairs(config)):
+        position = Image.open(image_path).convert("L").resize((size, size), Image.NEAREST)
+        out = pipe(
+            prompt,
+            positions=position,
+            height=size,
+            width=size,
+            num_inference_steps=config.validation_num_inference_steps,
+            guidance_scale=config.validation_guidance_scale,
+            generator=torch.Generator().manual_seed(config.seed + i),
+            output_type="np",
+        )
+        generated = (np.asarray(out.images[0]) * 255).round().astype(np.uint8)
+        texts = re.findall(r'"([^"]+)"', prompt)
+        masks = positions_to_masks(position, (size, size))[: len(texts)]  # the regions the pipeline wrote into
+        gen = torch.from_numpy(generated).permute(2, 0, 1).float()
+        crops = [crop_line_by_mask(gen, torch.from_numpy(m.astype(np.float32))) for m in masks]
+        reads = parts["ocr"].read(crops) if crops else []
+        lines = [prompt[:40], *ocr_lines(texts[: len(reads)], reads)]
+        tiles = [np.asarray(position), generated, _text_panel(lines, size)]
+        rows.append(np.concatenate([_tile(t, size) for t in tiles], axis=1))
+    return np.concatenate([header_row(PROMPT_COLUMNS, size), *rows], axis=0)
+
+
+def log_images(accelerator, tag: str, image: np.ndarray, step: int, columns=COLUMNS) -> None:
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image(tag, image, step, dataformats="HWC")
@@ -199,18 +255,32 @@ def log_images(accelerator, tag: str, image: np.ndarray, step: int) -> None:
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({tag: wandb.Image(image, caption=" | ".join(COLUMNS))}, step=step)
+            tracker.log({tag: wandb.Image(image, caption=" | ".join(columns))}, step=step)
 
 
 def run_validation(accelerator, model, parts: dict, loader, dataset, config, step: int) -> dict[str, float]:
-    """Losses + image grid (main process); returns the v/* scalars (empty without validation data)."""
-    if dataset is None:
+    """Losses + image grid (main process) and the --validation_prompt grid; returns the v/* scalars (empty
+    without validation data)."""
+    if dataset is None and not config.validation_prompt:
         return {}
     # Eval mode throughout: in train mode the pipeline's text embedding would update the font
     # recognizer's BatchNorm statistics, so validating would change the model.
     was_training = model.training
     model.eval()
+    scalars = {}
     try:
+        if config.validation_prompt:
+            try:
+                grid = prompt_grid(parts, config)
+                if grid is not None:
+                    folder = os.path.join(config.output_dir, "validation")
+                    os.makedirs(folder, exist_ok=True)
+                    Image.fromarray(grid).save(os.path.join(folder, f"prompts-step-{step:06d}.png"))
+                    log_images(accelerator, "v/prompt_images", grid, step, PROMPT_COLUMNS)
+            except Exception as err:  # noqa: BLE001 - validation must not end a training run
+                logger.warning("validation prompts at step %d failed: %s", step, err)
+        if dataset is None:
+            return scalars
         scalars = validation_losses(model, loader, config.max_validation_batches, config.seed, accelerator.device)
         if config.num_validation_images > 0:
             try:
