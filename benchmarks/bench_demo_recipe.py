@@ -53,7 +53,7 @@ def main() -> None:
         data = dm.stage_data(tmp, n_train=32, n_heldout=2)
         images = torch.randint(0, 256, (32, 3, 128, 128), dtype=torch.uint8)
         vae_s = vae_step(images, args.steps, tmp)
-        init = dm.stage_init(tmp)
+        init = dm.stage_init(tmp, data)
         short = loop_cpu(tmp, data, init, args.steps, "a")
         long = loop_cpu(tmp, data, init, 2 * args.steps, "b")
     loop_s = (long - short) / args.steps

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     if last >= 1:
         dm.stage_vae(args.work_dir, data, steps=args.vae_steps, seed=args.seed)
     if last >= 2:
-        init = dm.stage_init(args.work_dir, seed=args.seed)
+        init = dm.stage_init(args.work_dir, data, seed=args.seed)
     if last >= 3:
         trained = dm.stage_anytext2(args.work_dir, data, init, steps=args.anytext2_steps)
     if last >= 4:

@@ -60,7 +60,9 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     # The originals are readable (the OCR and cropping are wired); one VAE step cannot reconstruct text.
     assert vae["ocr_original"]["lines"] > 0 and vae["ocr_original"]["ned"] > 0.8
     assert vae["ocr_reconstructed"]["lines"] == vae["ocr_original"]["lines"]
-    init = dm.stage_init(work)
+    init = dm.stage_init(work, data)
+    with open(os.path.join(init["pipeline"], "vae", "config.json")) as f:
+        assert json.load(f)["scaling_factor"] == init["vae_scaling_factor"] > 0
     trained = dm.stage_anytext2(
         work,
         data,
@@ -85,7 +87,11 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
         weights = load_file(os.path.join(out, name, "diffusion_pytorch_model.safetensors"))
         assert {t.dtype for t in weights.values()} == {torch.float16}, name
     pipe = AnyText2Pipeline.from_pretrained(out, ocr=tiny_recognizer())
-    assert pipe.controlnet.config == AnyText2Pipeline.from_pretrained(trained["pipeline"]).controlnet.config
+    source = AnyText2Pipeline.from_pretrained(trained["pipeline"])
+    for name in ("unet", "controlnet", "text_embedding"):
+        drop = "_name_or_path"
+        loaded, saved = getattr(pipe, name).config, getattr(source, name).config
+        assert {k: v for k, v in loaded.items() if k != drop} == {k: v for k, v in saved.items() if k != drop}
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in json.load(f)] == ["data", "vae", "init", "anytext2", "eval", "export"]
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()

@@ -182,8 +182,9 @@ def _short(summary: dict) -> dict:
 
 
 # --- 3. init -------------------------------------------------------------------------------------
-def stage_init(work: str, seed: int = 0) -> dict:
-    """The fresh AnyText2 pipeline folder the loop starts from: the trained VAE, everything else tiny and new."""
+def stage_init(work: str, data: dict, seed: int = 0) -> dict:
+    """The fresh AnyText2 pipeline folder the loop starts from: the trained VAE (its ``scaling_factor`` set
+    from 256 training images), everything else tiny and new."""
     done = _done(work, "init")
     if done:
         return done
@@ -192,15 +193,20 @@ def stage_init(work: str, seed: int = 0) -> dict:
     from .training.components import load_components
     from .training.config import TrainingConfig
     from .training.output import save_pipeline_folder
+    from .training.vae import latent_scaling_factor, load_images
 
     # The font branch reads with the (frozen, pretrained) glyph recognizer instead of a trainable copy:
     # both recognizers then stay the PP-OCRv3 weights rapidocr ships and the model need not carry them.
     config = TrainingConfig(tiny_model=True, seed=seed, train_font_ocr=False)
     parts = load_components(config)
-    parts["vae"] = AutoencoderKL.from_pretrained(os.path.join(work, "vae", "vae"))
+    vae = AutoencoderKL.from_pretrained(os.path.join(work, "vae", "vae")).eval()
+    scaling = round(latent_scaling_factor(vae, load_images([data["train"]], RESOLUTION, limit=256), seed), 5)
+    vae.register_to_config(scaling_factor=scaling)
+    parts["vae"] = vae
     folder = os.path.join(work, "init", "pipeline")
     save_pipeline_folder(parts, folder)
-    return _finish(work, "init", dict(pipeline=folder, seed=seed, tiny_model=True, train_font_ocr=False))
+    record = dict(pipeline=folder, seed=seed, tiny_model=True, train_font_ocr=False, vae_scaling_factor=scaling)
+    return _finish(work, "init", record)
 
 
 # --- 4. anytext2 ---------------------------------------------------------------------------------
@@ -213,6 +219,7 @@ def anytext2_args(work: str, data: dict, steps: int, init: dict) -> list[str]:
         "--resolution", str(RESOLUTION),
         "--max_lines", "3",
         "--no-sd_locked",
+        "--no-train_font_ocr",
         "--train_batch_size", "8",
         "--gradient_accumulation_steps", "1",
         "--learning_rate", "3e-4",

@@ -36,8 +36,8 @@ class VAETrainingConfig:
     batch_size: int = 16
     learning_rate: float = 5e-4
     max_train_steps: int = 3000
-    checkpointing_steps: int = 100
-    logging_steps: int = 20
+    checkpointing_steps: int = 50
+    logging_steps: int = 10
     seed: int = 0
     kl_weight: float = 1e-6
     edge_weight: float = 1.0
@@ -54,14 +54,14 @@ def vae_config(config: VAETrainingConfig) -> dict:
     return cfg
 
 
-def load_images(json_paths, resolution: int) -> torch.Tensor:
-    """All images of AnyWord JSON files as one (N, 3, R, R) uint8 tensor (resized when needed)."""
+def load_images(json_paths, resolution: int, limit: int | None = None) -> torch.Tensor:
+    """The images of AnyWord JSON files (the first ``limit``) as one (N, 3, R, R) uint8 tensor, resized if needed."""
     images = []
     for path in json_paths:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         root = os.path.join(os.path.dirname(path), data.get("data_root", ""))
-        for i, rec in enumerate(data["data_list"]):
+        for i, rec in enumerate(data["data_list"][:limit]):
             file = os.path.join(root, rec["img_name"])
             try:
                 with Image.open(file) as im:
@@ -146,6 +146,15 @@ def train_vae(config: VAETrainingConfig, images: torch.Tensor | None = None) -> 
     with open(os.path.join(config.output_dir, "vae_training.json"), "w", encoding="utf-8") as f:
         json.dump(dict(asdict(config), steps=step, wall_s=round(time.perf_counter() - start, 1)), f, indent=1)
     return dict(steps=step, wall_s=round(time.perf_counter() - start, 1), vae=vae)
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, seed: int = 0, batch_size: int = 16) -> float:
+    """1 / std of the posterior samples of ``images``: the ``scaling_factor`` that gives the diffusion model
+    unit-variance latents (how SD's 0.18215 was chosen for its VAE)."""
+    generator = torch.Generator().manual_seed(seed)
+    latents = [vae.encode(c.float() / 127.5 - 1).latent_dist.sample(generator) for c in images.split(batch_size)]
+    return 1.0 / float(torch.cat(latents).std())
 
 
 @torch.no_grad()
