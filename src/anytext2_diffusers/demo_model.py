@@ -42,7 +42,7 @@ def _done(work: str, stage: str) -> dict | None:
 
 
 def _finish(work: str, stage: str, record: dict) -> dict:
-    record = dict(stage=stage, **record)
+    record = json.loads(json.dumps(dict(stage=stage, **record)))  # as a later session reads it back
     os.makedirs(os.path.join(work, stage), exist_ok=True)
     with open(os.path.join(work, stage, "done.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, ensure_ascii=False, indent=1)
