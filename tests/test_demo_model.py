@@ -97,3 +97,16 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "anytext2-train --pretrained_model_name_or_path" in card and '"seed": 0' in card
     assert dm.stage_vae(work, data, steps=99) == vae  # a finished stage is skipped, not re-run
+
+    fast = ["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
+    check = dm.learning_check(work, data, trained["pipeline"], steps=1, eval_steps=2, limit=2, extra_args=fast)
+    assert check["before"]["lines"] == check["after"]["lines"] == 2
+    root = os.path.join(work, "learning_check")
+    zero_convs = ("controlnet_down_blocks.", "controlnet_mid_block.")
+
+    def writenet_out(folder):
+        weights = load_file(os.path.join(folder, "controlnet", "diffusion_pytorch_model.safetensors"))
+        return torch.cat([w.flatten() for k, w in weights.items() if k.startswith(zero_convs)])
+
+    assert not writenet_out(os.path.join(root, "start")).any()  # the check starts with WriteNet silenced
+    assert writenet_out(os.path.join(root, "run")).abs().max() > 0  # and the loop's one step reaches it

@@ -335,6 +335,42 @@ def stage_export(work: str, pipeline_dir: str, out_dir: str) -> dict:
     return record
 
 
+# --- the learning check ---------------------------------------------------------------------------
+def zero_writenet_outputs(controlnet) -> None:
+    """Zero WriteNet's output convolutions (the zero convs of a fresh WriteNet): its residuals become 0,
+    so nothing of the glyphs reaches the UNet."""
+    with torch.no_grad():
+        for module in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            for p in module.parameters():
+                p.zero_()
+
+
+def learning_check(
+    work: str, data: dict, pipeline_dir: str, steps: int, eval_steps: int = 20, limit=None, extra_args=()
+):
+    """From ``pipeline_dir`` with WriteNet's outputs zeroed (text unreadable), train ``steps`` with the suite's
+    loop and read the held-out words before and after: the proof that loop, losses and pipeline learn."""
+    from .evaluation.generate import load_pipeline
+    from .training import main as train_main
+
+    root = os.path.join(work, "learning_check")
+    start_dir, run_dir = os.path.join(root, "start"), os.path.join(root, "run")
+    pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    zero_writenet_outputs(pipe.controlnet)
+    pipe.save_pretrained(start_dir)
+    reader = ocr_reader()
+    bench = data["heldout_words"]
+    before = generate_and_score(pipe, bench, os.path.join(root, "before"), eval_steps, reader=reader, limit=limit)
+    args = anytext2_args(work, data, steps, dict(pipeline=start_dir)) + ["--output_dir", run_dir, *extra_args]
+    started = time.perf_counter()
+    if train_main(args) != 0:
+        raise RuntimeError("the learning-check training run failed")
+    wall = round(time.perf_counter() - started, 1)
+    trained = load_pipeline(run_dir, "no", "cpu")
+    after = generate_and_score(trained, bench, os.path.join(root, "after"), eval_steps, reader=reader, limit=limit)
+    return dict(command="anytext2-train " + " ".join(args), steps=steps, train_wall_s=wall, before=before, after=after)
+
+
 def score_vae_checkpoint(work: str, data: dict) -> dict:
     """OCR of the held-out lines reconstructed by the VAE's latest checkpoint (to follow a running stage)."""
     from diffusers import AutoencoderKL
