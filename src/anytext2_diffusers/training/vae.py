@@ -122,6 +122,11 @@ def train_vae(config: VAETrainingConfig, images: torch.Tensor | None = None) -> 
         logger.info("resumed the VAE at step %d", step)
     vae.train()
     log_path = os.path.join(config.output_dir, "log.jsonl")
+    if os.path.isfile(log_path):  # rows written after the checkpoint resumed from are written again
+        with open(log_path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(log_path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
     window: list = []
     start = time.perf_counter() - wall
     while step < config.max_train_steps:
