@@ -116,7 +116,9 @@ def _draw_line(im, rng, text, font_path, color, vertical, occupied, size):
     return corners
 
 
-def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0):
+def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0, pools=None):
+    """``pools``: optional (latin, chinese, traditional) word pools replacing the built-in ones."""
+    latin_words, chinese_words, traditional_words = pools or (LATIN_WORDS, CHINESE_WORDS, TRADITIONAL_WORDS)
     im = _background(rng, size)
     occupied, anns, words = [], [], []
     n = int(rng.integers(min_text_lines, max_text_lines + 1)) if rng.random() < 0.9 or min_text_lines else 0
@@ -124,10 +126,10 @@ def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0
         kind = rng.random()
         vertical = False
         if kind < 0.5:
-            text, lang = LATIN_WORDS[int(rng.integers(len(LATIN_WORDS)))], "Latin"
+            text, lang = latin_words[int(rng.integers(len(latin_words)))], "Latin"
             font = LATIN_FONTS[int(rng.integers(len(LATIN_FONTS)))]
         else:
-            pool = TRADITIONAL_WORDS if rng.random() < 0.2 else CHINESE_WORDS
+            pool = traditional_words if rng.random() < 0.2 and traditional_words else chinese_words
             text, lang = pool[int(rng.integers(len(pool)))], "Chinese"
             font = CJK_FONTS[int(rng.integers(len(CJK_FONTS)))]
             vertical = rng.random() < 0.35
@@ -196,18 +198,20 @@ def make_demo_data(
     with_faults: bool = False,
     json_name: str = "data_v1.2b.json",
     lines_per_image: tuple = (0, 7),
+    pools: tuple | None = None,
 ) -> str:
     """Write ``n`` images and an AnyWord-format annotation JSON into ``out_dir``; return the JSON path.
 
     ``lines_per_image`` (min, max) text lines drawn per image (some may not fit). With ``with_faults`` a
     few broken records (missing/corrupt image, bad polygons, empty text, unknown language, missing
-    caption/colour, '*' in a caption) are appended.
+    caption/colour, '*' in a caption) are appended. ``pools``: (latin, chinese, traditional) pools
+    replacing the built-in word lists (an empty traditional pool draws from the Chinese one).
     """
     img_dir = os.path.join(out_dir, "imgs")
     os.makedirs(img_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     lo, hi = lines_per_image
-    data = [make_record(rng, resolution, f"{i:06d}.jpg", img_dir, hi, lo) for i in range(n)]
+    data = [make_record(rng, resolution, f"{i:06d}.jpg", img_dir, hi, lo, pools) for i in range(n)]
     if with_faults:
         data += _fault_records(img_dir, resolution)
     path = os.path.join(out_dir, json_name)

@@ -1,0 +1,54 @@
+"""Make the embedded demo model: data -> VAE -> AnyText2 (the suite's loop) -> eval -> fp16 export.
+
+    python examples/make_demo_model.py --work_dir demo-train            # runs/resumes every stage
+    python examples/make_demo_model.py --work_dir demo-train --until vae
+    python examples/make_demo_model.py --work_dir demo-train --score_vae  # OCR of the latest VAE checkpoint
+
+Each stage is skipped once done and resumes from its checkpoints when interrupted, so the recipe can be
+run again (in another session) until it finishes; ``recipe.json`` in the work folder records what ran
+and becomes the model card. Stages and figures: docs/demo_model.md; logic: ``anytext2_diffusers.demo_model``.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+from anytext2_diffusers import demo_model as dm
+
+STAGES = ("data", "vae", "init", "anytext2", "eval", "export")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work_dir", required=True, help="data, checkpoints and logs (outside the repository)")
+    p.add_argument("--until", choices=STAGES, default="export", help="last stage to run")
+    p.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
+    p.add_argument("--n_train", type=int, default=4000, help="synthetic training images")
+    p.add_argument("--vae_steps", type=int, default=1500)
+    p.add_argument("--anytext2_steps", type=int, default=20000)
+    p.add_argument("--export_dir", default="demo-model", help="fp16 folder written by the export stage")
+    p.add_argument("--score_vae", action="store_true", help="only score the latest VAE checkpoint, then exit")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    last = STAGES.index(args.until)
+
+    data = dm.stage_data(args.work_dir, n_train=args.n_train, seed=args.seed)
+    if args.score_vae:
+        print(json.dumps(dm.score_vae_checkpoint(args.work_dir, data), ensure_ascii=False))
+        return 0
+    if last >= 1:
+        dm.stage_vae(args.work_dir, data, steps=args.vae_steps, seed=args.seed)
+    if last >= 2:
+        init = dm.stage_init(args.work_dir, data, seed=args.seed)
+    if last >= 3:
+        trained = dm.stage_anytext2(args.work_dir, data, init, steps=args.anytext2_steps)
+    if last >= 4:
+        print(json.dumps(dm.stage_eval(args.work_dir, data, trained["pipeline"]), ensure_ascii=False))
+    if last >= 5:
+        print(json.dumps(dm.stage_export(args.work_dir, trained["pipeline"], args.export_dir), ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

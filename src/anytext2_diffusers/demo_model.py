@@ -1,0 +1,386 @@
+"""The recipe of the embedded demo model, stage by stage (``examples/make_demo_model.py`` runs it).
+
+Stages, each resumable and skipped once its ``done.json`` exists in the work folder:
+
+1. ``data``: synthetic AnyWord-format training data (random Latin strings, common-character Chinese
+   strings; ``data.demo_words``) and a held-out set of 50 real words never drawn in training;
+2. ``vae``: a tiny ``AutoencoderKL`` trained on those images (``training.vae``), scored by reading the
+   held-out lines of its reconstructions with the suite's OCR evaluation;
+3. ``init``: a fresh AnyText2 pipeline folder: that VAE + the tiny SD1.5-shaped stack + WriteNet/AttnX
+   ``from_unet`` + the text embedding (font branch reading with the glyph recognizer);
+4. ``anytext2``: the suite's own training loop on it (``anytext2_diffusers.training.main``, resumed
+   from its latest checkpoint);
+5. ``eval``: generate each held-out word at a fixed box and read it back with the OCR evaluation;
+6. ``export``: fp16 safetensors without the PP-OCRv3 recognizer (``demo_pipeline`` converts the one
+   rapidocr ships at load time) and a model card with the commands, steps, seeds and wall times.
+
+Every stage appends what it ran to ``recipe.json``, which the model card reproduces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+RESOLUTION = 128
+# One horizontal line across the middle, on the evaluation's 512 px polygon canvas (8..120 x 40..88 at 128 px).
+HELDOUT_BOX = ((32, 160), (480, 160), (480, 352), (32, 352))
+
+
+def _done(work: str, stage: str) -> dict | None:
+    path = os.path.join(work, stage, "done.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return None
+
+
+def _finish(work: str, stage: str, record: dict) -> dict:
+    record = json.loads(json.dumps(dict(stage=stage, **record)))  # as a later session reads it back
+    os.makedirs(os.path.join(work, stage), exist_ok=True)
+    with open(os.path.join(work, stage, "done.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, ensure_ascii=False, indent=1)
+    recipe_path = os.path.join(work, "recipe.json")
+    recipe = []
+    if os.path.isfile(recipe_path):
+        with open(recipe_path, encoding="utf-8") as f:
+            recipe = [r for r in json.load(f) if r["stage"] != stage]
+    recipe.append(record)
+    with open(recipe_path, "w", encoding="utf-8") as f:
+        json.dump(recipe, f, ensure_ascii=False, indent=1)
+    return record
+
+
+# --- 1. data ------------------------------------------------------------------------------------
+def heldout_benchmark(path: str) -> str:
+    """An AnyWord-format JSON with one entry per held-out word at ``HELDOUT_BOX`` (no images: generation input)."""
+    from .data.demo_words import HELDOUT_WORDS
+    from .evaluation.ocr_eval import infer_language
+
+    entries = [
+        {
+            "img_name": f"heldout_{i:03d}.jpg",
+            "caption": "a sign with the words *",
+            "annotations": [
+                {"polygon": [list(p) for p in HELDOUT_BOX], "text": w, "language": infer_language(w), "valid": True}
+            ],
+        }
+        for i, w in enumerate(HELDOUT_WORDS)
+    ]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"data_root": "imgs", "data_list": entries}, f, ensure_ascii=False)
+    return path
+
+
+def stage_data(work: str, n_train: int = 4000, n_heldout: int = 100, seed: int = 0) -> dict:
+    """Training images (seed ``seed``) and held-out-word images (seed ``seed + 1``, for the VAE score)."""
+    done = _done(work, "data")
+    if done:
+        return done
+    from .data.demo_words import HELDOUT_CHINESE, HELDOUT_LATIN, training_pools
+    from .data.synth import make_demo_data
+
+    start = time.perf_counter()
+    root = os.path.join(work, "data")
+    train = make_demo_data(
+        os.path.join(root, "train"), n_train, seed, RESOLUTION, lines_per_image=(1, 3), pools=training_pools(seed)
+    )
+    heldout = make_demo_data(
+        os.path.join(root, "heldout_images"),
+        n_heldout,
+        seed + 1,
+        RESOLUTION,
+        lines_per_image=(1, 2),
+        pools=(HELDOUT_LATIN, HELDOUT_CHINESE, ()),
+    )
+    bench = heldout_benchmark(os.path.join(root, "heldout_words.json"))
+    return _finish(
+        work,
+        "data",
+        dict(
+            train=train,
+            heldout_images=heldout,
+            heldout_words=bench,
+            n_train=n_train,
+            n_heldout=n_heldout,
+            seed=seed,
+            resolution=RESOLUTION,
+            wall_s=round(time.perf_counter() - start, 1),
+        ),
+    )
+
+
+# --- 2. vae -------------------------------------------------------------------------------------
+def ocr_reader():
+    from .evaluation.ocr_eval import PPOCRReader, load_ppocr
+
+    return PPOCRReader(load_ppocr())
+
+
+def score_images(images, benchmark_json: str, out_dir: str, reader=None) -> dict:
+    """Write uint8 (N,3,H,W) images as the benchmark's ``{stem}_0.jpg`` and score them with ``evaluate_ocr``."""
+    from PIL import Image
+
+    from .evaluation.benchmark import load_benchmark
+    from .evaluation.ocr_eval import evaluate_ocr
+
+    items = load_benchmark(benchmark_json)
+    with open(benchmark_json, encoding="utf-8") as f:
+        names = [r["img_name"] for r in json.load(f)["data_list"]]
+    os.makedirs(out_dir, exist_ok=True)
+    for name, img in zip(names, images):
+        stem = os.path.splitext(name)[0]
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(os.path.join(out_dir, f"{stem}_0.jpg"), quality=95)
+    summary, scores = evaluate_ocr(out_dir, items, reader or ocr_reader(), num_samples=1, canvas_size=None)
+    return summary
+
+
+def vae_config_for(work: str, data: dict, steps: int, seed: int = 0):
+    from .training.vae import VAETrainingConfig
+
+    return VAETrainingConfig(
+        output_dir=os.path.join(work, "vae"), train_data=[data["train"]], max_train_steps=steps, seed=seed
+    )
+
+
+def stage_vae(work: str, data: dict, steps: int = 3000, seed: int = 0) -> dict:
+    done = _done(work, "vae")
+    if done:
+        return done
+    from .training.vae import load_images, reconstruct, train_vae
+
+    config = vae_config_for(work, data, steps, seed)
+    result = train_vae(config)
+    held = load_images([data["heldout_images"]], RESOLUTION)
+    reader = ocr_reader()
+    original = score_images(held, data["heldout_images"], os.path.join(work, "vae", "eval_original"), reader)
+    recon = reconstruct(result["vae"], held)
+    rebuilt = score_images(recon, data["heldout_images"], os.path.join(work, "vae", "eval_reconstructed"), reader)
+    return _finish(
+        work,
+        "vae",
+        dict(
+            steps=result["steps"],
+            wall_s=result["wall_s"],
+            seed=seed,
+            config={k: v for k, v in vars(config).items() if k != "train_data"},
+            ocr_original=_short(original),
+            ocr_reconstructed=_short(rebuilt),
+        ),
+    )
+
+
+def _short(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("images", "benchmark")}
+
+
+# --- 3. init -------------------------------------------------------------------------------------
+def stage_init(work: str, data: dict, seed: int = 0) -> dict:
+    """The fresh AnyText2 pipeline folder the loop starts from: the trained VAE (its ``scaling_factor`` set
+    from 256 training images), everything else tiny and new."""
+    done = _done(work, "init")
+    if done:
+        return done
+    from diffusers import AutoencoderKL
+
+    from .training.components import load_components
+    from .training.config import TrainingConfig
+    from .training.output import save_pipeline_folder
+    from .training.vae import latent_scaling_factor, load_images
+
+    # The font branch reads with the (frozen, pretrained) glyph recognizer instead of a trainable copy:
+    # both recognizers then stay the PP-OCRv3 weights rapidocr ships and the model need not carry them.
+    config = TrainingConfig(tiny_model=True, seed=seed, train_font_ocr=False)
+    parts = load_components(config)
+    vae = AutoencoderKL.from_pretrained(os.path.join(work, "vae", "vae")).eval()
+    scaling = round(latent_scaling_factor(vae, load_images([data["train"]], RESOLUTION, limit=256), seed), 5)
+    vae.register_to_config(scaling_factor=scaling)
+    parts["vae"] = vae
+    folder = os.path.join(work, "init", "pipeline")
+    save_pipeline_folder(parts, folder)
+    record = dict(pipeline=folder, seed=seed, tiny_model=True, train_font_ocr=False, vae_scaling_factor=scaling)
+    return _finish(work, "init", record)
+
+
+# --- 4. anytext2 ---------------------------------------------------------------------------------
+def anytext2_args(work: str, data: dict, steps: int, init: dict) -> list[str]:
+    """The command line of the suite's loop for this stage (``anytext2-train`` takes the same)."""
+    return [
+        "--pretrained_model_name_or_path", init["pipeline"],
+        "--train_data", data["train"],
+        "--output_dir", os.path.join(work, "anytext2"),
+        "--resolution", str(RESOLUTION),
+        "--max_lines", "3",
+        "--no-sd_locked",
+        "--no-train_font_ocr",
+        "--train_batch_size", "8",
+        "--gradient_accumulation_steps", "1",
+        "--learning_rate", "3e-4",
+        "--max_train_steps", str(steps),
+        "--checkpointing_steps", "100",
+        "--checkpoints_total_limit", "2",
+        "--validation_steps", "500",
+        "--num_validation_images", "2",
+        "--max_validation_batches", "1",
+        "--validation_num_inference_steps", "20",
+        "--mixed_precision", "no",
+        "--report_to", "tensorboard",
+        "--resume_from_checkpoint", "latest",
+        "--seed", "0",
+    ]  # fmt: skip
+
+
+def stage_anytext2(work: str, data: dict, init: dict, steps: int = 20000, extra_args=()) -> dict:
+    """Run (or resume) the loop to ``steps``; the stage is done when the loop's output folder is complete.
+    ``extra_args``: loop options appended to (so overriding) the recipe's."""
+    done = _done(work, "anytext2")
+    if done:
+        return done
+    from .training import main as train_main
+
+    args = anytext2_args(work, data, steps, init) + list(extra_args)
+    start = time.perf_counter()
+    code = train_main(args)
+    if code != 0:
+        raise RuntimeError(f"the AnyText2 training stage exited with {code}; resume by running the recipe again")
+    out = os.path.join(work, "anytext2")
+    if not os.path.isfile(os.path.join(out, "model_index.json")):  # interrupted (SIGTERM): a checkpoint was saved
+        raise SystemExit("the AnyText2 stage was interrupted; run the recipe again to resume from its checkpoint")
+    return _finish(
+        work,
+        "anytext2",
+        dict(
+            command="anytext2-train " + " ".join(args),
+            steps=steps,
+            wall_s_this_session=round(time.perf_counter() - start, 1),
+            pipeline=out,
+        ),
+    )
+
+
+# --- 5. eval -------------------------------------------------------------------------------------
+def generate_and_score(
+    pipe, benchmark_json: str, out_dir: str, steps: int = 20, seed: int = 100, reader=None, limit: int | None = None
+) -> dict:
+    """``anytext2-eval generate`` + ``anytext2-eval ocr`` on one pipeline object, at the demo resolution."""
+    from .evaluation.generate import GenerateConfig, generate_benchmark
+    from .evaluation.ocr_eval import evaluate_ocr
+
+    config = GenerateConfig(
+        benchmark=benchmark_json, output_dir=out_dir, num_samples=1, resolution=RESOLUTION,
+        num_inference_steps=steps, seed=seed, limit=limit,
+    )  # fmt: skip
+    with torch.no_grad():
+        generate_benchmark(pipe, config)
+    from .evaluation.benchmark import load_benchmark
+
+    items = load_benchmark(benchmark_json)[:limit]
+    summary, _ = evaluate_ocr(out_dir, items, reader or ocr_reader(), num_samples=1)
+    return _short(summary)
+
+
+def stage_eval(work: str, data: dict, pipeline_dir: str, steps: int = 20, limit: int | None = None) -> dict:
+    """The 50 held-out words generated by the trained pipeline, read back: Sen.ACC / NED per language."""
+    done = _done(work, "eval")
+    if done:
+        return done
+    from .evaluation.generate import load_pipeline
+
+    pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    start = time.perf_counter()
+    images = os.path.join(work, "eval", "images")
+    summary = generate_and_score(pipe, data["heldout_words"], images, steps, limit=limit)
+    return _finish(work, "eval", dict(ocr=summary, steps=steps, wall_s=round(time.perf_counter() - start, 1)))
+
+
+# --- 6. export ------------------------------------------------------------------------------------
+def model_card(work: str) -> str:
+    with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
+        recipe = json.load(f)
+    lines = [
+        "# AnyText2 demo model (tiny, 128 px)",
+        "",
+        "Trained from scratch by anytext2-diffusers' `examples/make_demo_model.py` on synthetic AnyWord-format",
+        "data; the PP-OCRv3 recognizer is not included (`demo_pipeline()` converts the one rapidocr-onnxruntime",
+        "ships). Stages, as run (commands, steps, seeds, wall times):",
+        "",
+    ]
+    for record in recipe:
+        lines += [f"## {record['stage']}", "", "```json", json.dumps(record, ensure_ascii=False, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def stage_export(work: str, pipeline_dir: str, out_dir: str) -> dict:
+    """fp16 safetensors of the pipeline without its recognizer folder, and the model card.
+
+    ``model_index.json`` still names ``ocr``: load with ``from_pretrained(out_dir, ocr=recognizer)``."""
+    import shutil
+
+    from .evaluation.generate import load_pipeline
+
+    pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
+    shutil.rmtree(os.path.join(out_dir, "ocr"))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs)
+    record = _finish(work, "export", dict(out_dir=out_dir, bytes=size, dtype="float16", without="ocr"))
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(work))
+    return record
+
+
+# --- the learning check ---------------------------------------------------------------------------
+def zero_writenet_outputs(controlnet) -> None:
+    """Zero WriteNet's output convolutions (the zero convs of a fresh WriteNet): its residuals become 0,
+    so nothing of the glyphs reaches the UNet."""
+    with torch.no_grad():
+        for module in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            for p in module.parameters():
+                p.zero_()
+
+
+def learning_check(
+    work: str, data: dict, pipeline_dir: str, steps: int, eval_steps: int = 20, limit=None, extra_args=()
+):
+    """From ``pipeline_dir`` with WriteNet's outputs zeroed (text unreadable), train ``steps`` with the suite's
+    loop and read the held-out words before and after: the proof that loop, losses and pipeline learn."""
+    from .evaluation.generate import load_pipeline
+    from .training import main as train_main
+
+    root = os.path.join(work, "learning_check")
+    start_dir, run_dir = os.path.join(root, "start"), os.path.join(root, "run")
+    pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    zero_writenet_outputs(pipe.controlnet)
+    pipe.save_pretrained(start_dir)
+    reader = ocr_reader()
+    bench = data["heldout_words"]
+    before = generate_and_score(pipe, bench, os.path.join(root, "before"), eval_steps, reader=reader, limit=limit)
+    args = anytext2_args(work, data, steps, dict(pipeline=start_dir)) + ["--output_dir", run_dir, *extra_args]
+    started = time.perf_counter()
+    if train_main(args) != 0:
+        raise RuntimeError("the learning-check training run failed")
+    wall = round(time.perf_counter() - started, 1)
+    trained = load_pipeline(run_dir, "no", "cpu")
+    after = generate_and_score(trained, bench, os.path.join(root, "after"), eval_steps, reader=reader, limit=limit)
+    return dict(command="anytext2-train " + " ".join(args), steps=steps, train_wall_s=wall, before=before, after=after)
+
+
+def score_vae_checkpoint(work: str, data: dict) -> dict:
+    """OCR of the held-out lines reconstructed by the VAE's latest checkpoint (to follow a running stage)."""
+    from diffusers import AutoencoderKL
+
+    from .training.vae import CHECKPOINT, load_images, reconstruct, vae_config
+
+    config = vae_config_for(work, data, 0)
+    state = torch.load(os.path.join(config.output_dir, CHECKPOINT), map_location="cpu", weights_only=True)
+    vae = AutoencoderKL(**vae_config(config))
+    vae.load_state_dict(state["model"])
+    held = load_images([data["heldout_images"]], RESOLUTION)
+    out = os.path.join(work, "vae", f"eval_step{state['step']}")
+    return dict(step=state["step"], ocr=score_images(reconstruct(vae.eval(), held), data["heldout_images"], out))

@@ -1,0 +1,173 @@
+"""Train a small ``AutoencoderKL`` (latent = image / 8, 4 channels, as SD) on a folder of images.
+
+The AnyText2 loop keeps the VAE frozen, so a model trained from scratch needs an autoencoder first;
+if text is not legible after encode/decode nothing trained on its latents can write. Losses: L1 plus
+an L1 on image gradients (keeps strokes sharp; a stand-in for SD's perceptual loss, which needs
+pretrained weights), and SD's small KL weight. Random square crops (the model is convolutional)
+make a step cheap. Resumable: one atomic ``checkpoint.pt`` (weights, optimizer, step) and per-step
+seeds, so a resumed run draws the same crops and posterior samples as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class VAETrainingConfig:
+    output_dir: str
+    train_data: list = field(default_factory=list)  # AnyWord JSON files (their images are the data)
+    resolution: int = 128
+    crop: int = 64
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    max_train_steps: int = 3000
+    checkpointing_steps: int = 50
+    logging_steps: int = 10
+    seed: int = 0
+    kl_weight: float = 1e-6
+    edge_weight: float = 1.0
+    block_out_channels: tuple = (32, 32, 64, 64)
+    layers_per_block: int = 2
+
+
+def vae_config(config: VAETrainingConfig) -> dict:
+    from ..testing import tiny_vae_config
+
+    cfg = tiny_vae_config()
+    cfg.update(block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block)
+    cfg["sample_size"] = config.resolution
+    return cfg
+
+
+def load_images(json_paths, resolution: int, limit: int | None = None) -> torch.Tensor:
+    """The images of AnyWord JSON files (the first ``limit``) as one (N, 3, R, R) uint8 tensor, resized if needed."""
+    images = []
+    for path in json_paths:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        root = os.path.join(os.path.dirname(path), data.get("data_root", ""))
+        for i, rec in enumerate(data["data_list"][:limit]):
+            file = os.path.join(root, rec["img_name"])
+            try:
+                with Image.open(file) as im:
+                    im = im.convert("RGB")
+                    if im.size != (resolution, resolution):
+                        im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+                    images.append(np.asarray(im))
+            except OSError as err:
+                raise ValueError(f"{path}: record {i} field img_name={rec['img_name']!r}: {err}") from None
+    if not images:
+        raise ValueError(f"no images in {list(json_paths)}")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _batch(images: torch.Tensor, config: VAETrainingConfig, generator: torch.Generator) -> torch.Tensor:
+    idx = torch.randint(len(images), (config.batch_size,), generator=generator)
+    hi = images.shape[-1] - config.crop
+    xy = torch.randint(hi + 1, (config.batch_size, 2), generator=generator)
+    crops = [images[i, :, y : y + config.crop, x : x + config.crop] for i, (x, y) in zip(idx.tolist(), xy.tolist())]
+    return torch.stack(crops).float() / 127.5 - 1
+
+
+def _gradients(x: torch.Tensor) -> tuple:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, config: VAETrainingConfig, generator: torch.Generator) -> dict:
+    posterior = vae.encode(x).latent_dist
+    recon = vae.decode(posterior.sample(generator)).sample
+    l1 = F.l1_loss(recon, x)
+    edge = sum(F.l1_loss(a, b) for a, b in zip(_gradients(recon), _gradients(x)))
+    kl = posterior.kl().mean()  # summed over the latent, as SD; its weight is relative to a per-pixel sum
+    total = l1 + config.edge_weight * edge + config.kl_weight * kl / x[0].numel()
+    return dict(loss=total, l1=l1.detach(), edge=edge.detach(), kl=kl.detach())
+
+
+def _save(path: str, vae, optimizer, step: int, wall: float) -> None:
+    tmp = path + ".partial"
+    torch.save(dict(model=vae.state_dict(), optimizer=optimizer.state_dict(), step=step, wall_s=wall), tmp)
+    os.replace(tmp, path)
+
+
+def train_vae(config: VAETrainingConfig, images: torch.Tensor | None = None) -> dict:
+    """Train (or resume) to ``max_train_steps``; writes ``vae/`` (save_pretrained) and ``log.jsonl``."""
+    os.makedirs(config.output_dir, exist_ok=True)
+    if images is None:
+        images = load_images(config.train_data, config.resolution)
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL(**vae_config(config))
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    ckpt_path = os.path.join(config.output_dir, CHECKPOINT)
+    step, wall = 0, 0.0
+    if os.path.isfile(ckpt_path):
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, wall = int(state["step"]), float(state["wall_s"])
+        logger.info("resumed the VAE at step %d", step)
+    vae.train()
+    log_path = os.path.join(config.output_dir, "log.jsonl")
+    if os.path.isfile(log_path):  # rows written after the checkpoint resumed from are written again
+        with open(log_path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(log_path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+    window: list = []
+    start = time.perf_counter() - wall
+    while step < config.max_train_steps:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        losses = vae_loss(vae, _batch(images, config, generator), config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        step += 1
+        window.append({k: v.item() for k, v in losses.items()})
+        if step % config.logging_steps == 0 or step == config.max_train_steps:
+            row = {k: round(sum(w[k] for w in window) / len(window), 5) for k in window[0]}
+            row.update(step=step, wall_s=round(time.perf_counter() - start, 1))
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            logger.info("vae %s", row)
+            window = []
+        if step % config.checkpointing_steps == 0 or step == config.max_train_steps:
+            _save(ckpt_path, vae, optimizer, step, time.perf_counter() - start)
+    vae.eval()
+    vae.save_pretrained(os.path.join(config.output_dir, "vae"))
+    with open(os.path.join(config.output_dir, "vae_training.json"), "w", encoding="utf-8") as f:
+        json.dump(dict(asdict(config), steps=step, wall_s=round(time.perf_counter() - start, 1)), f, indent=1)
+    return dict(steps=step, wall_s=round(time.perf_counter() - start, 1), vae=vae)
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, images: torch.Tensor, seed: int = 0, batch_size: int = 16) -> float:
+    """1 / std of the posterior samples of ``images``: the ``scaling_factor`` that gives the diffusion model
+    unit-variance latents (how SD's 0.18215 was chosen for its VAE)."""
+    generator = torch.Generator().manual_seed(seed)
+    latents = [vae.encode(c.float() / 127.5 - 1).latent_dist.sample(generator) for c in images.split(batch_size)]
+    return 1.0 / float(torch.cat(latents).std())
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> uint8 reconstructions through the posterior mode (what a generated latent decodes as)."""
+    out = []
+    for chunk in images.split(batch_size):
+        x = chunk.float() / 127.5 - 1
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    return torch.cat(out)

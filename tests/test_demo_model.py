@@ -1,0 +1,112 @@
+"""The demo-model recipe: word pools, the VAE stage (exact resume) and every stage on a few steps."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from anytext2_diffusers import demo_model as dm
+from anytext2_diffusers.data.demo_words import HELDOUT_CHINESE, HELDOUT_LATIN, HELDOUT_WORDS, training_pools
+from anytext2_diffusers.data.synth import make_demo_data
+from anytext2_diffusers.training.vae import VAETrainingConfig, train_vae
+
+
+def test_training_pools_exclude_the_heldout_words_and_synth_draws_only_from_them(tmp_path):
+    latin, chinese, traditional = training_pools(0, n_latin=3000, n_chinese=3000)
+    assert len(HELDOUT_WORDS) == 50 and len(set(HELDOUT_WORDS)) == 50
+    assert not {w.lower() for w in latin} & {w.lower() for w in HELDOUT_LATIN}
+    assert not set(chinese) & set(HELDOUT_CHINESE) and traditional == ()
+    assert training_pools(0, 50, 50) == training_pools(0, 50, 50)
+    pools = (latin[:5], chinese[:5], ())
+    path = make_demo_data(str(tmp_path), n=12, seed=3, resolution=128, lines_per_image=(1, 3), pools=pools)
+    with open(path, encoding="utf-8") as f:
+        texts = [a["text"] for r in json.load(f)["data_list"] for a in r["annotations"]]
+    assert texts and set(texts) <= set(latin[:5]) | set(chinese[:5])
+
+
+def _vae_config(out, steps):
+    return VAETrainingConfig(
+        output_dir=str(out),
+        resolution=64,
+        crop=32,
+        batch_size=2,
+        max_train_steps=steps,
+        checkpointing_steps=2,
+        logging_steps=2,
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1,
+    )
+
+
+def test_vae_stage_resumes_exactly_and_learns(tmp_path):
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 3, 64, 64), dtype=np.uint8))
+    straight = train_vae(_vae_config(tmp_path / "a", 4), images)["vae"]
+    train_vae(_vae_config(tmp_path / "b", 2), images)
+    resumed = train_vae(_vae_config(tmp_path / "b", 4), images)["vae"]
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name  # same crops, posterior draws and optimizer state after the resume
+    rows = [json.loads(line) for line in open(tmp_path / "b" / "log.jsonl")]
+    assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
+    assert os.path.isfile(tmp_path / "b" / "vae" / "config.json")
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
+    work = str(tmp_path / "work")
+    data = dm.stage_data(work, n_train=6, n_heldout=4)
+    vae = dm.stage_vae(work, data, steps=1)
+    # The originals are readable (the OCR and cropping are wired); one VAE step cannot reconstruct text.
+    assert vae["ocr_original"]["lines"] > 0 and vae["ocr_original"]["ned"] > 0.8
+    assert vae["ocr_reconstructed"]["lines"] == vae["ocr_original"]["lines"]
+    init = dm.stage_init(work, data)
+    with open(os.path.join(init["pipeline"], "vae", "config.json")) as f:
+        assert json.load(f)["scaling_factor"] == init["vae_scaling_factor"] > 0
+    trained = dm.stage_anytext2(
+        work,
+        data,
+        init,
+        steps=1,
+        extra_args=["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"],
+    )
+    assert "--no-sd_locked" in trained["command"] and os.path.isfile(
+        os.path.join(trained["pipeline"], "model_index.json")
+    )
+    scored = dm.stage_eval(work, data, trained["pipeline"], steps=2, limit=2)
+    assert scored["ocr"]["lines"] == 2
+    out = str(tmp_path / "export")
+    exported = dm.stage_export(work, trained["pipeline"], out)
+    assert not os.path.exists(os.path.join(out, "ocr")) and exported["bytes"] < 20e6
+    from safetensors.torch import load_file
+
+    from anytext2_diffusers.pipelines import AnyText2Pipeline
+    from anytext2_diffusers.testing import tiny_recognizer
+
+    for name in ("unet", "vae", "controlnet", "attnx", "text_embedding"):
+        weights = load_file(os.path.join(out, name, "diffusion_pytorch_model.safetensors"))
+        assert {t.dtype for t in weights.values()} == {torch.float16}, name
+    pipe = AnyText2Pipeline.from_pretrained(out, ocr=tiny_recognizer())
+    source = AnyText2Pipeline.from_pretrained(trained["pipeline"])
+    for name in ("unet", "controlnet", "text_embedding"):
+        drop = "_name_or_path"
+        loaded, saved = getattr(pipe, name).config, getattr(source, name).config
+        assert {k: v for k, v in loaded.items() if k != drop} == {k: v for k, v in saved.items() if k != drop}
+    with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
+        assert [r["stage"] for r in json.load(f)] == ["data", "vae", "init", "anytext2", "eval", "export"]
+    card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    assert "anytext2-train --pretrained_model_name_or_path" in card and '"seed": 0' in card
+    assert dm.stage_vae(work, data, steps=99) == vae  # a finished stage is skipped, not re-run
+
+    fast = ["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
+    check = dm.learning_check(work, data, trained["pipeline"], steps=1, eval_steps=2, limit=2, extra_args=fast)
+    assert check["before"]["lines"] == check["after"]["lines"] == 2
+    root = os.path.join(work, "learning_check")
+    zero_convs = ("controlnet_down_blocks.", "controlnet_mid_block.")
+
+    def writenet_out(folder):
+        weights = load_file(os.path.join(folder, "controlnet", "diffusion_pytorch_model.safetensors"))
+        return torch.cat([w.flatten() for k, w in weights.items() if k.startswith(zero_convs)])
+
+    assert not writenet_out(os.path.join(root, "start")).any()  # the check starts with WriteNet silenced
+    assert writenet_out(os.path.join(root, "run")).abs().max() > 0  # and the loop's one step reaches it
