@@ -112,7 +112,7 @@ def tiny_step(overrides: dict, ocr: str, data: str, root: str, steps: int, resol
     params = [p for group in groups.values() for _, p in group]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     train_set, _ = build_datasets(config)
-    loader = make_loader(train_set, config, shuffle=False)[0]
+    loader = make_loader(train_set, config, shuffle=False)
     batches = [b for _, b in zip(range(2), loader)]
     times = []
     for i in range(steps + 1):  # the first step (allocations, lazy init) is not timed

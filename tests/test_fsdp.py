@@ -153,12 +153,13 @@ def _fake_accelerator(**plugin):
 def test_unsupported_fsdp_setups_are_refused(plugin, options, message):
     from types import SimpleNamespace
 
-    from anytext2_diffusers.training import fsdp
+    from anytext2_diffusers.training import distributed
 
     config = SimpleNamespace(**{"use_ema": False, "lora_rank": 0, **options})
-    fsdp.check_supported(_fake_accelerator(), SimpleNamespace(use_ema=False, lora_rank=0))  # the supported set-up
+    supported = SimpleNamespace(use_ema=False, lora_rank=0)
+    distributed.check_fsdp_supported(_fake_accelerator(), supported)  # the supported set-up
     with pytest.raises(ValueError, match=re.escape(message)):
-        fsdp.check_supported(_fake_accelerator(**plugin), config)
+        distributed.check_fsdp_supported(_fake_accelerator(**plugin), config)
 
 
 def test_gpu_and_cpu_configs_share_the_fsdp_settings():

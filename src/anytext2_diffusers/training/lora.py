@@ -111,7 +111,7 @@ def save_adapter(
     model: nn.Module, folder: str, with_trained_base: bool = False, state_dict: dict | None = None
 ) -> None:
     """peft adapter folder; ``with_trained_base``: also the fully trained non-adapter parameters (checkpoints).
-    ``state_dict``: the weights to write instead of the model's own (``full_weights.gather``: DeepSpeed's
+    ``state_dict``: the weights to write instead of the model's own (``distributed.gather``: DeepSpeed's
     float32 masters)."""
     os.makedirs(folder, exist_ok=True)
     model.peft_config[ADAPTER_NAME].save_pretrained(folder)
