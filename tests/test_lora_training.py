@@ -14,12 +14,11 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from anytext2_diffusers.models.attnx import AnyText2AttnXModel
-from anytext2_diffusers.models.writenet import AnyText2ControlNetModel
+from anytext2_diffusers.models.controlnet import AnyText2ControlNetModel
 from anytext2_diffusers.pipelines import AnyText2Pipeline
 from anytext2_diffusers.testing import quick_generate, tiny_components
 from anytext2_diffusers.training import TrainingCallback, TrainingConfig, lora, train
 from anytext2_diffusers.training import checkpointing as ckpt
-from anytext2_diffusers.training.output import PIPELINE_COMPONENTS, inference_scheduler
 from anytext2_diffusers.training.trainable import apply_trainable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,14 +57,12 @@ class Snapshot(TrainingCallback):
 
     def on_train_end(self, parts):
         self.weights = {n: {k: v.detach().clone() for k, v in parts[n].state_dict().items()} for n in COMPONENTS}
-        components = {name: parts[name] for name in PIPELINE_COMPONENTS}
-        components["scheduler"] = inference_scheduler(parts["scheduler"])
         parts["attnx"].detach()  # the copy gets its own hooks on the copied UNet
         try:
-            copies = copy.deepcopy(components)
+            copies = copy.deepcopy(parts)
         finally:
             parts["attnx"].attach(parts["unet"])
-        self.latents = quick_generate(float64_pipeline(AnyText2Pipeline(**copies)))
+        self.latents = quick_generate(float64_pipeline(AnyText2Pipeline.from_parts(copies)))
 
 
 def float64_pipeline(pipe):

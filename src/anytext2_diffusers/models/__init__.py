@@ -2,9 +2,9 @@
 
 from .attnx import AnyText2AttnXModel
 from .conditioning import AnyText2CaptionEncoder, CaptionEncoding
+from .controlnet import AnyText2ControlNetModel, AnyText2ControlNetOutput
 from .ocr import PPOCRRecognizer, PPOCRRecognizerOutput
 from .text_embedding import AnyText2TextEmbeddingModel, AnyText2TextEmbeddingOutput
-from .writenet import AnyText2ControlNetModel, AnyText2ControlNetOutput
 
 __all__ = [
     "AnyText2AttnXModel",

@@ -25,10 +25,11 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import cast_training_params
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..conversion.sd15 import anytext2_parts
 from ..models.attnx import AnyText2AttnXModel
+from ..models.controlnet import AnyText2ControlNetModel
 from ..models.ocr import PPOCRRecognizer, convert_onnx
 from ..models.text_embedding import AnyText2TextEmbeddingModel
-from ..models.writenet import AnyText2ControlNetModel
 from . import lora
 from .step import AnyText2TrainingModel, FrozenParts
 from .trainable import apply_trainable
@@ -97,30 +98,18 @@ def _sd15_parts(config) -> dict:
     )
 
 
-def _new_anytext2_parts(parts: dict, config) -> dict:
-    """WriteNet, AttnX, OCR and text embedding for a plain SD1.5 set of parts."""
-    unet = parts["unet"]
-    ocr = parts.get("ocr") or load_ocr(config.ocr_model_name_or_path)
-    parts = dict(parts)
-    parts["ocr"] = ocr
-    parts["controlnet"] = AnyText2ControlNetModel.from_unet(unet, glyph_scale=config.glyph_scale)
-    parts["attnx"] = AnyText2AttnXModel.from_unet(
-        unet,
-        in_mid_block=config.attnx_mid_block,
-        in_up_blocks=tuple(config.attnx_up_blocks),
-        in_down_blocks=tuple(config.attnx_down_blocks),
-        scale=config.attnx_scale,
+def _new_anytext2_parts(sd15: dict, config) -> dict:
+    """A fresh AnyText2 on SD1.5's parts, placed and sized as ``config`` says."""
+    return anytext2_parts(
+        sd15,
+        load_ocr(config.ocr_model_name_or_path),
+        glyph_scale=config.glyph_scale,
+        attnx_mid_block=config.attnx_mid_block,
+        attnx_up_blocks=tuple(config.attnx_up_blocks),
+        attnx_down_blocks=tuple(config.attnx_down_blocks),
+        attnx_scale=config.attnx_scale,
+        train_font_ocr=config.train_font_ocr,
     )
-    # The font recognizer starts as a copy of the OCR weights (tool_add_anytext.py's add_style_ocr);
-    # without train_font_ocr the reference has no copy and reads fonts with the frozen glyph recognizer.
-    parts["text_embedding"] = AnyText2TextEmbeddingModel.from_text_encoder(
-        parts["text_encoder"],
-        font_recognizer=ocr,
-        style_ocr_trainable=config.train_font_ocr,
-        neck_length=ocr.config.image_width // 8,  # the recognizer's sequence length (40 for PP-OCRv3)
-        neck_dim=ocr.config.neck_dims,
-    )
-    return parts
 
 
 def _anytext2_parts(path: str, config) -> dict:

@@ -312,7 +312,7 @@ def _write_final(accelerator, model, parts: dict, ema, params, config, state, va
             ema.copy_to(params)
         callbacks.on_train_end(parts)
         if lora.lora_components(config):
-            lora.save_final(parts, config, save_pipeline_folder)  # base components + adapters, or merged
+            lora.save_final(parts, config)  # base components + adapters, or merged
         else:
             save_pipeline_folder(parts, config.output_dir)
         write_model_card(config, state.global_step, validation_scalars)

@@ -36,6 +36,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .output import save_pipeline_folder
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "default"
@@ -196,7 +198,7 @@ def _remove_adapter_files(output_dir: str) -> None:
         shutil.rmtree(os.path.join(output_dir, f"{name}_lora"), ignore_errors=True)
 
 
-def save_final(parts: dict, config, save_pipeline_folder: Callable[[dict, str], None]) -> None:
+def save_final(parts: dict, config) -> None:
     """The pipeline folder with base components + adapter files, or (``--merge_lora_at_end``) merged weights."""
     out = config.output_dir
     names = [name for name in LORA_COMPONENTS if has_adapter(parts[name])]

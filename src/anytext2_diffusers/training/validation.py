@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..data import collate_samples
 from ..data.fonts import BUNDLED_FONT_DIR
 from ..models.ocr import crop_line_by_mask
+from ..pipelines import AnyText2Pipeline
 
 logger = logging.getLogger(__name__)
 COLUMNS = ("source", "reconstruction", "masked image", "glyphs", "positions", "generated", "OCR: target -> read")
@@ -96,31 +97,13 @@ def _to_u8(images: torch.Tensor) -> np.ndarray:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
-    """(B, H, W, 3) uint8 samples from ``AnyText2Pipeline`` (CFG), or None when the pipeline is unavailable."""
-    try:
-        from ..pipelines import AnyText2Pipeline
-    except ImportError as err:
-        logger.warning("validation: AnyText2Pipeline not available (%s); no generated samples", err)
-        return None
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(parts["scheduler"].config, set_alpha_to_one=False, clip_sample=False)
-    pipe = AnyText2Pipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=parts["unet"],
-        controlnet=parts["controlnet"],
-        attnx=parts["attnx"],
-        scheduler=scheduler,
-        text_embedding=parts["text_embedding"],
-        ocr=parts["ocr"],
-    )
+def generate_samples(parts: dict, batch, config) -> np.ndarray:
+    """(B, H, W, 3) uint8 samples of ``AnyText2Pipeline`` (CFG) on the batch's rendered conditions."""
+    pipe = AnyText2Pipeline.from_parts(parts)
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(batch))]
-    out = pipe.generate_from_batch(
-        batch,
+    out = pipe(
+        batch=batch,
         num_inference_steps=config.validation_num_inference_steps,
         guidance_scale=config.validation_guidance_scale,
         generator=generators,
