@@ -13,8 +13,7 @@ import sys
 
 import pytest
 import torch
-from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config
-from accelerate.state import AcceleratorState, GradientState
+from _training_helpers import Recorder, make_data, reset_accelerate, save_small_recognizer, tiny_config
 
 from anytext2_diffusers.training import train
 
@@ -144,6 +143,5 @@ def train_one_process(assets, name: str, **overrides) -> tuple[str, Recorder]:
         train(config, recorder)
     finally:
         torch.set_num_threads(n)
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate()
     return config.output_dir, recorder

@@ -107,8 +107,9 @@ def test_validation_on_the_main_process(fsdp_run):
 
 
 def test_output_folder_loads(fsdp_run):
-    pipelines = pytest.importorskip("anytext2_diffusers.pipelines")
-    pipe = pipelines.AnyText2Pipeline.from_pretrained(fsdp_run[0]["output_dir"])
+    from anytext2_diffusers.pipelines import AnyText2Pipeline
+
+    pipe = AnyText2Pipeline.from_pretrained(fsdp_run[0]["output_dir"])
     assert pipe.controlnet is not None and pipe.attnx is not None and pipe.text_embedding is not None
 
 

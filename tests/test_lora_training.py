@@ -9,8 +9,7 @@ from unittest import mock
 
 import pytest
 import torch
-from _training_helpers import make_data, save_small_recognizer, tiny_config
-from accelerate.state import AcceleratorState, GradientState
+from _training_helpers import make_data, reset_accelerate, save_small_recognizer, tiny_config
 from safetensors.torch import load_file
 
 from anytext2_diffusers.models.attnx import AnyText2AttnXModel
@@ -33,11 +32,6 @@ def assets(tmp_path_factory):
     return dict(
         root=root, ocr=save_small_recognizer(str(root / "ocr")), train=make_data(str(root / "train"), n=4, seed=0)
     )
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,7 @@
 """AnyText2 blocks as diffusers models: WriteNet, AttnX, the text embedding, the OCR recognizer."""
 
+# writenet: imported so that diffusers can load folders saved before the move to controlnet.py (see its docstring)
+from . import writenet  # noqa: F401
 from .attnx import AnyText2AttnXModel
 from .conditioning import AnyText2CaptionEncoder, CaptionEncoding
 from .controlnet import AnyText2ControlNetModel, AnyText2ControlNetOutput
