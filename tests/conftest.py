@@ -10,10 +10,12 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     """The reference parity pack (``ANYTEXT2_PARITY_DIR``); tests that need it skip without it."""
-    path = os.environ.get("ANYTEXT2_PARITY_DIR")
-    if not path or not (Path(path) / "reference_meta.json").is_file():
+    from _parity import pack_dir
+
+    path = pack_dir()
+    if path is None:
         pytest.skip("ANYTEXT2_PARITY_DIR is not set to a parity pack (see shared/parity/README.md)")
-    return Path(path)
+    return path
 
 
 @pytest.fixture()

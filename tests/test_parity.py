@@ -10,20 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _parity import assert_close, line_major, nchw
 from safetensors.torch import load_file
-
-
-def assert_close(name, ours, ref):
-    ref = ref.float()
-    diff = (ours.float() - ref).abs().max().item()
-    tol = 1e-4 * max(1.0, ref.abs().max().item())
-    assert diff <= tol, f"{name}: max|diff| {diff:.3e} > {tol:.3e}"
-
-
-def nchw(array):
-    """NHWC numpy -> contiguous NCHW float32 (the reference feeds contiguous tensors; a channels-last
-    view takes other conv kernels, which the VAE amplifies on flat images)."""
-    return torch.from_numpy(np.asarray(array)).float().permute(0, 3, 1, 2).contiguous()
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +30,6 @@ def pack(parity_dir):
         batch_json=json.loads((parity_dir / "batch.json").read_text()),
         dir=parity_dir,
     )
-
-
-def line_major_to_batch(array):
-    """(L, B, H, W, C) per-line arrays -> (B, L*C, H, W)."""
-    t = torch.from_numpy(np.asarray(array)).float()
-    lines, batch, h, w, c = t.shape
-    return t.permute(1, 0, 4, 2, 3).reshape(batch, lines * c, h, w).contiguous()
 
 
 def test_vae_latents_and_decode(pack):
@@ -72,8 +53,8 @@ def test_writenet_residuals(pack):
             ref["control.x_noisy"],
             ref["control.t"],
             ref["cond.text_context"],
-            glyphs=line_major_to_batch(pack["batch"]["glyphs"]),
-            positions=line_major_to_batch(pack["batch"]["positions"]),
+            glyphs=line_major(pack["batch"]["glyphs"]).flatten(1, 2),
+            positions=line_major(pack["batch"]["positions"]).flatten(1, 2),
             masked_latents=ref["latent.masked_z"],
         )
     residuals = list(out.down_block_res_samples) + [out.mid_block_res_sample]

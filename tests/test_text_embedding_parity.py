@@ -12,23 +12,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _parity import assert_close, line_major
 from safetensors.torch import load_file
-
-TOLERANCE = 1e-4  # the pack's criterion: max|a-b| <= 1e-4 * max(1, max|ref|)
-
-
-def assert_close(name: str, ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert tuple(ours.shape) == tuple(ref.shape), f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
-    ref = ref.float()
-    diff = (ours.detach().float() - ref).abs().max().item()
-    bound = TOLERANCE * max(1.0, ref.abs().max().item())
-    assert diff <= bound, f"{name}: max|diff| {diff:.3e} > {bound:.3e}"
-    return diff
-
-
-def line_major(array: np.ndarray) -> torch.Tensor:
-    """The pack's (L, B, H, W, C) per-line arrays -> (B, L, C, H, W) float32 (as the reference's get_input)."""
-    return torch.from_numpy(array.astype(np.float32)).permute(1, 0, 4, 2, 3).contiguous()
 
 
 @pytest.fixture(scope="module")

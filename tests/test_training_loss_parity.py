@@ -8,38 +8,14 @@ WriteNet + UNet/AttnX call and our loss code; every setting comes from ``referen
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from _parity import assert_close, line_major, nchw, pack_dir, requires_pack
 
-PACK = os.environ.get("ANYTEXT2_PARITY_DIR")
-pytestmark = pytest.mark.skipif(
-    not PACK or not (Path(PACK) / "reference_outputs.safetensors").is_file(),
-    reason="ANYTEXT2_PARITY_DIR is unset or does not hold a parity pack",
-)
-
-
-def assert_close(name: str, ours: torch.Tensor, ref: torch.Tensor) -> None:
-    """The pack's criterion: max|a-b| <= 1e-4 * max(1, max|ref|)."""
-    ours, ref = ours.detach().float(), ref.float()
-    assert tuple(ours.shape) == tuple(ref.shape), f"{name}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
-    diff = (ours - ref).abs().max().item()
-    bound = 1e-4 * max(1.0, ref.abs().max().item())
-    assert diff <= bound, f"{name}: max|diff| {diff:.3e} > {bound:.3e}"
-
-
-def nchw(array) -> torch.Tensor:
-    """NHWC -> contiguous NCHW float32 (a channels-last view changes the VAE's numerics)."""
-    return torch.from_numpy(np.asarray(array)).float().permute(0, 3, 1, 2).contiguous()
-
-
-def per_line(array) -> torch.Tensor:
-    """(L, B, H, W, C) line-major arrays -> (B, L, C, H, W)."""
-    return torch.from_numpy(np.asarray(array)).float().permute(1, 0, 4, 2, 3).contiguous()
+pytestmark = requires_pack
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +25,7 @@ def pack():
     from anytext2_diffusers.conversion.original import build_diffusion_models, upcast_floats
     from anytext2_diffusers.models.ocr import PPOCRRecognizer, load_anytext2_ocr_state_dict, load_character_list
 
-    root = Path(PACK)
+    root = pack_dir()
     checkpoint = upcast_floats(load_file(root / "anytext2_tiny_state_dict.safetensors"))
     original_config = yaml.safe_load((root / "tiny_anytext2.yaml").read_text())
     models = build_diffusion_models(checkpoint, original_config)
@@ -91,7 +67,7 @@ def test_p_losses_match_the_reference(pack):
     assert_close("loss.x_noisy", x_noisy, ref["loss.x_noisy"])
 
     n_lines = [int(n) for n in batch["n_lines"]]
-    positions = per_line(batch["positions"])  # (B, L, 1, H, W)
+    positions = line_major(batch["positions"])  # (B, L, 1, H, W)
     models["attnx"].attach(models["unet"])
     try:
         with torch.no_grad():
@@ -102,7 +78,7 @@ def test_p_losses_match_the_reference(pack):
                 t,
                 ref["cond.img_context"],
                 ref["cond.text_context"],
-                glyphs=per_line(batch["glyphs"]).flatten(1, 2),
+                glyphs=line_major(batch["glyphs"]).flatten(1, 2),
                 positions=positions[:, :, 0],
                 masked_latents=ref["latent.masked_z"],
                 only_mid_control=bool(settings.get("only_mid_control", False)),
