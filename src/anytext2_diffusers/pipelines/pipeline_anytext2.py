@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from ..data.batch import Batch
 from ..models.attnx import AnyText2AttnXModel
 from ..models.conditioning import AnyText2CaptionEncoder
 from ..models.controlnet import AnyText2ControlNetModel
+from .community import write_community_pipeline
 from .inputs import MAX_CHARS, PLACEHOLDER, SIZE_MULTIPLE, prepare_conditions
 
 logger = logging.getLogger(__name__)
@@ -127,6 +129,14 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             **{name: parts[name] for name in COMPONENTS if name != "scheduler"},
             scheduler=inference_scheduler(parts["scheduler"]),
         )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' ``save_pretrained`` plus ``pipeline.py``, so that ``DiffusionPipeline.from_pretrained(folder,
+        custom_pipeline="pipeline", trust_remote_code=True)`` loads the folder too (training, conversion and
+        users all save through here)."""
+        os.makedirs(save_directory, exist_ok=True)
+        write_community_pipeline(save_directory)  # first, so that push_to_hub=True uploads it too
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
     # AttnX
