@@ -119,6 +119,8 @@ def test_layers_point_one_way():
 
 
 def test_every_module_imports():
-    """A broken import fails here, by name (the tests never skip the package's own modules)."""
+    """A broken import fails here, by name (the tests never skip the package's own modules). ``__main__``
+    modules run their command when imported; only their imports are checked (by the walk above)."""
     for name in sorted(import_graph()):
-        importlib.import_module(name)
+        if not name.endswith(".__main__"):
+            importlib.import_module(name)
