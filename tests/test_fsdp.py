@@ -54,13 +54,11 @@ def _fake_accelerator(**plugin):
     ],
 )
 def test_unsupported_fsdp_setups_are_refused(plugin, options, message):
-    from types import SimpleNamespace
 
-    from anytext2_diffusers.training import distributed
+    from anytext2_diffusers.training import TrainingConfig, distributed
 
-    config = SimpleNamespace(**{"use_ema": False, "lora_rank": 0, **options})
-    supported = SimpleNamespace(use_ema=False, lora_rank=0)
-    distributed.check_fsdp_supported(_fake_accelerator(), supported)  # the supported set-up
+    config = TrainingConfig(**options)
+    distributed.check_fsdp_supported(_fake_accelerator(), TrainingConfig())  # the supported set-up
     with pytest.raises(ValueError, match=re.escape(message)):
         distributed.check_fsdp_supported(_fake_accelerator(**plugin), config)
 

@@ -51,7 +51,7 @@ WRITENET_FULL = ("controlnet_down_blocks", "controlnet_mid_block", "fuse_block",
 
 def lora_components(config) -> tuple[str, ...]:
     """The components that get adapters in this run (empty without ``--lora_rank``)."""
-    if not getattr(config, "lora_rank", 0):
+    if not config.lora_rank:
         return ()
     return tuple(name for name in LORA_COMPONENTS if name in config.lora_components)
 
@@ -247,7 +247,7 @@ def load_lora_adapters(pipe, folder: str, adapter_name: str = ADAPTER_NAME) -> l
 
 def _warn_unused_adapter_files(config) -> None:
     """Fine-tuning from a LoRA run's folder loads its base components only: say so."""
-    path = getattr(config, "pretrained_model_name_or_path", None)
+    path = config.pretrained_model_name_or_path
     if not path or not os.path.isdir(path):
         return
     found = [UNET_LORA_WEIGHTS] if os.path.isfile(os.path.join(path, UNET_LORA_WEIGHTS)) else []
