@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data import FaultCounter, make_demo_data
 from . import checkpointing as ckpt
-from . import distributed, lora
+from . import distributed, lora, precision
 from .components import TRAINABLE_COMPONENTS, load_components, setup_training_model
 from .data import build_datasets, make_loader
 from .hub import push_to_hub, write_model_card
@@ -107,6 +107,7 @@ class _Window:
     n: int = 0  # micro-batches
     good: int = 0  # micro-batches with a finite loss on every process
     bad: bool = False  # a non-finite loss or gradient: the step's update is dropped
+    overflow: bool = False  # fp16: the loss scaler skipped the update (an expected overflow, not a fault)
     indices: list = field(default_factory=list)  # dataset indices seen (this process)
     data_wait: float = 0.0
     t0: float = field(default_factory=time.perf_counter)
@@ -139,8 +140,11 @@ def optimizer_step(accelerator, optimizer, lr_scheduler, params, loss, good: boo
         return None
     grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
     finite = grad_norm is None or math.isfinite(float(grad_norm))
-    if not window.bad and finite:
+    if not window.bad and (finite or accelerator.scaler is not None):
+        # fp16 GradScaler: an overflow skips the update and lowers the scale (expected in the first steps; not
+        # a fault), so the scaler must see every finite-loss step.
         optimizer.step()
+        window.overflow = accelerator.scaler is not None and optimizer.step_was_skipped
     else:
         window.bad = True
     lr_scheduler.step()
@@ -160,6 +164,12 @@ def _end_step(accelerator, state: ckpt.TrainingState, window: _Window, grad_norm
             state.global_step,
             state.nonfinite_in_a_row,
             state.nonfinite_total,
+        )
+    elif window.overflow:
+        logger.info(
+            "step %d: fp16 gradient overflow, update skipped by the loss scaler (scale now %g)",
+            state.global_step,
+            accelerator.scaler.get_scale(),
         )
     else:
         state.nonfinite_in_a_row = 0
@@ -206,6 +216,7 @@ def _tracker_config(config) -> dict:
 
 
 def _make_accelerator(config) -> Accelerator:
+    distributed.skip_deepspeed_import_unless_requested()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -216,11 +227,13 @@ def _make_accelerator(config) -> Accelerator:
         ),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # 4 file names per checkpoint
     if not accelerator.is_main_process:  # one voice: other ranks report warnings and errors only
         for name in ("anytext2_diffusers", "accelerate"):
             logging.getLogger(name).setLevel(logging.WARNING)
     distributed.enable_fsdp_on_cpu_processes(accelerator)
     distributed.check_fsdp_supported(accelerator, config)
+    precision.enable_native_fp16(accelerator)  # a CPU fp16 run takes the GPU's autocast + GradScaler path
     return accelerator
 
 
