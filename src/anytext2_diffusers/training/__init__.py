@@ -68,7 +68,11 @@ def main(argv=None) -> int:
     errors = config_errors(config)
     if errors:
         return _fail("; ".join(errors))
+    from .checkpointing import CheckpointDamaged
     from .loop import TrainingDiverged, train
+    from .output import FinalSaveError
+    from .resume_check import ResumeRefused
+    from .run_lock import OutputDirLocked
     from .threads import choose_cpu_threads
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -76,8 +80,8 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         result = train(config)
-    except TrainingDiverged as err:
-        logger.error("%s", err)
+    except (TrainingDiverged, FinalSaveError, OutputDirLocked, ResumeRefused, CheckpointDamaged) as err:
+        logger.error("%s", err)  # one message, no traceback: each names what to do
         return 1
     if not result.is_main_process:
         return 0

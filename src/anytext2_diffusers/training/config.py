@@ -173,7 +173,17 @@ class TrainingConfig:
         type=int,
     )
     checkpoints_total_limit: int | None = _opt(3, "Keep at most this many checkpoints.", type=int)
-    resume_from_checkpoint: str | None = _opt(None, "A checkpoint folder or 'latest'.", type=str)
+    resume_from_checkpoint: str | None = _opt(
+        None, "A checkpoint folder or 'latest' (the newest intact one; damaged ones are skipped).", type=str
+    )
+    reset_lr_scheduler: bool = _opt(
+        False,
+        "On resume, use this run's --learning_rate/--lr_scheduler/--lr_warmup_steps/--scale_lr (else a change "
+        "is refused): the restored schedule keeps its position and takes the new base rate.",
+    )
+    fallback_to_previous_checkpoint: bool = _opt(
+        False, "On resume, when the checkpoint is damaged, resume from the previous complete one instead of stopping."
+    )
     # --- logging & validation -----------------------------------------------------------------
     report_to: str = _opt(
         "tensorboard", "tensorboard | wandb | all | none.", choices=["tensorboard", "wandb", "all", "none"]

@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 
 from ..data import FaultCounter, make_demo_data
 from . import checkpointing as ckpt
-from . import distributed, lora, precision
+from . import distributed, lora, precision, resume_check
 from .components import TRAINABLE_COMPONENTS, load_components, setup_training_model
 from .data import build_datasets, make_loader
 from .hub import push_to_hub, write_model_card
-from .output import save_pipeline_folder
+from .output import FinalSaveError, save_pipeline_folder
+from .run_lock import lock_output_dir
 from .step import derive_seed, sample_generators
 from .trainable import describe
 from .validation import run_validation
@@ -237,24 +238,28 @@ def _make_accelerator(config) -> Accelerator:
     return accelerator
 
 
-def _make_optimizer(groups: dict, config, num_processes: int) -> torch.optim.AdamW:
+def _learning_rate(config, num_processes: int) -> float:
     lr = config.learning_rate
     if config.scale_lr:
         lr *= config.gradient_accumulation_steps * config.train_batch_size * num_processes
+    return lr
+
+
+def _make_optimizer(groups: dict, config, num_processes: int) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         [{"params": [p for _, p in group], "name": name} for name, group in groups.items()],
-        lr=lr,
+        lr=_learning_rate(config, num_processes),
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
         eps=config.adam_epsilon,
     )
 
 
-def _resume(accelerator, config, groups: dict, batches_per_epoch: int) -> ckpt.TrainingState:
-    """A fresh state, or the one of ``--resume_from_checkpoint`` with its weights, optimizer and RNG loaded."""
+def _resume(accelerator, config, groups: dict, resume: str | None, plan, lr_scheduler, batches_per_epoch: int):
+    """A fresh state, or the one of the checkpoint ``resume`` (checked by ``resume_check``) with its weights,
+    optimizer and RNG loaded (a damaged checkpoint may fall back to an earlier one)."""
     selection = {name: len(group) for name, group in groups.items()}
-    state = ckpt.TrainingState(trainable=selection)
-    resume = ckpt.resolve_resume(config.output_dir, config.resume_from_checkpoint)
+    state = ckpt.TrainingState(trainable=selection, num_processes=accelerator.num_processes)
     if resume:
         saved = ckpt.TrainingState.load(resume)
         if saved.trainable and saved.trainable != selection:
@@ -263,8 +268,15 @@ def _resume(accelerator, config, groups: dict, batches_per_epoch: int) -> ckpt.T
                 f"component, now {selection}): resume with the same --sd_locked/--unlock_qkv/--train_*/--lora_* "
                 "switches"
             )
-        accelerator.load_state(resume, **ckpt.load_state_kwargs(accelerator))
-        state = saved
+        resume = ckpt.load_checkpoint(
+            accelerator, resume, config.output_dir, fallback=config.fallback_to_previous_checkpoint
+        )
+        state = ckpt.TrainingState.load(resume)  # of the checkpoint loaded (a fallback takes an earlier one)
+        state.num_processes = accelerator.num_processes
+        if plan.learning_rate:
+            lr = _learning_rate(config, accelerator.num_processes)
+            rates = resume_check.reset_lr_schedule(lr_scheduler, lr)
+            logger.info("--reset_lr_scheduler: base rate %g, now %g at step %d", lr, rates[0], state.global_step)
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             resume,
@@ -279,7 +291,9 @@ def _resume(accelerator, config, groups: dict, batches_per_epoch: int) -> ckpt.T
 
 def _save(accelerator, config, state: ckpt.TrainingState, reason: str) -> str | None:
     try:
-        path = ckpt.save_checkpoint(accelerator, config.output_dir, state, config.checkpoints_total_limit)
+        path = ckpt.save_checkpoint(
+            accelerator, config.output_dir, state, config.checkpoints_total_limit, config=config
+        )
         logger.info("saved %s (%s)", path, reason)
         return path
     except Exception as err:  # noqa: BLE001 - a failed save must not lose the run or older checkpoints
@@ -315,19 +329,40 @@ def _validate(accelerator, model, ema, params, parts: dict, val_loader, val_set,
 
 
 def _write_final(accelerator, model, parts: dict, ema, params, config, state, validation_scalars: dict, callbacks):
-    """The final pipeline folder (whole float32 weights), the model card and the optional Hub upload."""
+    """The final pipeline folder (whole float32 weights), the model card and the optional Hub upload. If the
+    folder cannot be written, a checkpoint keeps the steps and ``FinalSaveError`` says where."""
     full = distributed.gather(accelerator, model)  # collective; None when the model holds them itself
     if full is not None and accelerator.is_main_process:
         distributed.materialize(accelerator.unwrap_model(model), full)
     del full
+    final_error = None
     if accelerator.is_main_process:
         if ema is not None:
+            ema.store(params)
             ema.copy_to(params)
         callbacks.on_train_end(parts)
-        if lora.lora_components(config):
-            lora.save_final(parts, config)  # base components + adapters, or merged
-        else:
-            save_pipeline_folder(parts, config.output_dir)
+        try:
+            if lora.lora_components(config):
+                lora.save_final(parts, config)  # base components + adapters, or merged
+            else:
+                save_pipeline_folder(parts, config.output_dir)
+        except Exception as err:  # noqa: BLE001 - a checkpoint keeps the steps, then one line (FinalSaveError)
+            final_error = err
+            if ema is not None:
+                ema.restore(params)
+    if distributed.any_process(accelerator, final_error is not None):
+        kept = os.path.join(config.output_dir, f"{ckpt.PREFIX}{state.global_step}")
+        kept = kept if os.path.isdir(kept) else _save(accelerator, config, state, "the final folder failed")
+        accelerator.end_training()
+        raise FinalSaveError(
+            f"{final_error or 'the final pipeline folder failed on the main process'}; "
+            + (
+                f"training state kept in {kept}: free space, then rerun with --resume_from_checkpoint latest"
+                if kept
+                else "no checkpoint could be saved either"
+            )
+        ) from final_error
+    if accelerator.is_main_process:
         write_model_card(config, state.global_step, validation_scalars)
         if config.push_to_hub:
             push_to_hub(config)
@@ -351,12 +386,17 @@ def _prepare_demo(config, accelerator) -> None:
 
 
 def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
-    callbacks = callbacks or TrainingCallback()
-    # ---------------------------------------------------------------- accelerator, data
+    """Train; the main process holds the output folder's lock (``run_lock``) from start to end."""
     accelerator = _make_accelerator(config)
+    with lock_output_dir(accelerator, config.output_dir):
+        return _train(config, callbacks or TrainingCallback(), accelerator)
+
+
+def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
+    config.mixed_precision = accelerator.mixed_precision  # the saved configuration states the precision used
     if accelerator.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
-        ckpt.remove_partials(config.output_dir)
+        ckpt.recover_partials(config.output_dir)
     if config.demo and not config.train_data:
         _prepare_demo(config, accelerator)
     if config.allow_tf32:
@@ -365,7 +405,11 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     train_set, val_set = build_datasets(config)
 
     # ---------------------------------------------------------------- models and trainable set
-    parts = load_components(config)
+    parts = load_components(config)  # may adjust the config to a loaded pipeline: compare after it
+    resume = ckpt.resolve_resume(
+        config.output_dir, config.resume_from_checkpoint, fallback=config.fallback_to_previous_checkpoint
+    )
+    plan = resume_check.check_resume(resume, config, accelerator.num_processes) if resume else None
     if accelerator.is_main_process:
         config.save(os.path.join(config.output_dir, "training_config.yaml"))
     device, dtype = accelerator.device, _weight_dtype(accelerator)
@@ -400,7 +444,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         accelerator.register_for_checkpointing(ema)
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=_tracker_config(config))
-    state = _resume(accelerator, config, groups, len(train_loader))
+    state = _resume(accelerator, config, groups, resume, plan, lr_scheduler, len(train_loader))
     logger.info(
         "%d train samples, %d batches per epoch and process, %d optimizer steps (%d epochs), "
         "batch %d x %d accumulation x %d processes",
