@@ -36,9 +36,8 @@ from anytext2_diffusers.configs import sd15_config  # noqa: E402
 from anytext2_diffusers.data import make_demo_data  # noqa: E402
 from anytext2_diffusers.models.ocr import PPOCRRecognizer, load_character_list  # noqa: E402
 from anytext2_diffusers.training import TrainingConfig, lora  # noqa: E402
-from anytext2_diffusers.training.components import TRAINABLE_COMPONENTS, load_components  # noqa: E402
+from anytext2_diffusers.training.components import build_training_model  # noqa: E402
 from anytext2_diffusers.training.data import build_datasets, make_loader  # noqa: E402
-from anytext2_diffusers.training.step import AnyText2TrainingModel, FrozenParts  # noqa: E402
 from anytext2_diffusers.training.trainable import apply_trainable  # noqa: E402
 
 
@@ -101,18 +100,11 @@ def tiny_step(overrides: dict, ocr: str, data: str, root: str, steps: int, resol
         mixed_precision="no",
         **overrides,
     )
-    parts = load_components(config)
-    trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
-    lora.add_adapters(trainable, config)
-    groups = apply_trainable(trainable, config)
-    frozen = FrozenParts(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["ocr"], parts["scheduler"])
-    model = AnyText2TrainingModel(
-        parts["unet"], parts["controlnet"], parts["attnx"], parts["text_embedding"], frozen, config
-    ).train()
+    model, groups, _ = build_training_model(config)
     params = [p for group in groups.values() for _, p in group]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     train_set, _ = build_datasets(config)
-    loader = make_loader(train_set, config, shuffle=False)[0]
+    loader = make_loader(train_set, config, shuffle=False)
     batches = [b for _, b in zip(range(2), loader)]
     times = []
     for i in range(steps + 1):  # the first step (allocations, lazy init) is not timed

@@ -3,7 +3,7 @@
 Three pipelines on the same UNet, VAE, CLIP and scheduler, same steps, resolution, prompts and CFG:
 
   (a) ``AnyText2Pipeline`` as shipped: WriteNet once per CFG branch (fast control);
-  (b) the same pipeline with ``recompute_writenet_every_step = True``: identical math, WriteNet runs on
+  (b) the same pipeline with ``recompute_controlnet_every_step = True``: identical math, WriteNet runs on
       every step as the reference would without its cache;
   (c) diffusers' ``StableDiffusionControlNetPipeline`` with ``ControlNetModel.from_unet(unet)`` (same
       size as WriteNet), which runs its ControlNet at every step.
@@ -143,11 +143,11 @@ def main(argv=None) -> dict:
         )
 
     def per_step():
-        pipe.recompute_writenet_every_step = True
+        pipe.recompute_controlnet_every_step = True
         try:
             ours()
         finally:
-            pipe.recompute_writenet_every_step = False
+            pipe.recompute_controlnet_every_step = False
 
     def diffusers_controlnet():
         sd_cn(

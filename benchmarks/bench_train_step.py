@@ -177,7 +177,8 @@ def measure(args, step, params: list, optimizer) -> dict:
 
 # ------------------------------------------------------------------------------------------------ variants
 def anytext2_variant(args) -> dict:
-    from anytext2_diffusers.training.speed import build_training_model, sample_generators
+    from anytext2_diffusers.training.components import build_training_model
+    from anytext2_diffusers.training.step import sample_generators
 
     with tempfile.TemporaryDirectory() as workdir:
         config, batch = make_batch(args, workdir)

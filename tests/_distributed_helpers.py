@@ -1,9 +1,11 @@
-"""Shared pieces of the multi-process tests (``test_distributed*.py``, ``test_fsdp.py``): launching the driver
-under ``accelerate launch`` with a config of ``configs/accelerate/``, the 1-process reference run, and reading
-back weights and per-rank records."""
+"""Shared pieces of the multi-process tests (``test_distributed*.py``, ``test_fsdp.py``, ``test_deepspeed.py``):
+launching the driver under ``accelerate launch`` with a config of ``configs/accelerate/``, the runs they share
+(``Launches``: the 1-process reference and one 2-process run per launch config), and reading back weights and
+per-rank records."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -13,8 +15,7 @@ import sys
 
 import pytest
 import torch
-from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config
-from accelerate.state import AcceleratorState, GradientState
+from _training_helpers import Recorder, make_data, reset_accelerate, save_small_recognizer, tiny_config
 
 from anytext2_diffusers.training import train
 
@@ -144,6 +145,57 @@ def train_one_process(assets, name: str, **overrides) -> tuple[str, Recorder]:
         train(config, recorder)
     finally:
         torch.set_num_threads(n)
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate()
     return config.output_dir, recorder
+
+
+def zero2_args(port: int, mixed_precision: str = "no") -> list[str]:
+    """configs/accelerate/deepspeed_zero2.yaml as 2 CPU processes (the file says 8 GPUs and fp16)."""
+    return [*launcher_args("deepspeed_zero2.yaml", port), "--num_processes", "2", "--mixed_precision", mixed_precision]
+
+
+# The launch configs the shared tests run, each as 2 CPU processes on a free port.
+LAUNCH_ARGS = {
+    "ddp": lambda port: launcher_args("cpu_ddp_2.yaml", port),
+    "fsdp": lambda port: launcher_args("cpu_fsdp_2.yaml", port),
+    "deepspeed": zero2_args,
+}
+KINDS = [
+    "ddp",
+    "fsdp",
+    pytest.param(
+        "deepspeed",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed (extra [deepspeed])"
+        ),
+    ),
+]
+
+
+class Launches:
+    """The runs the multi-process tests share, each made once per session on first use: the 1-process
+    reference (2 samples x 2 accumulation steps = the 2 processes' global batch of 4) and, per launch config,
+    2 processes x 2 samples that checkpoint every step (keep 2), log to TensorBoard and validate at step 2."""
+
+    def __init__(self, tmp_path_factory):
+        self.assets = make_assets(tmp_path_factory, "launches")
+        self._runs = {}
+
+    def one_process(self) -> tuple[str, Recorder]:
+        if "one" not in self._runs:
+            self._runs["one"] = train_one_process(self.assets, "one", gradient_accumulation_steps=2)
+        return self._runs["one"]
+
+    def run(self, kind: str) -> tuple[dict, subprocess.CompletedProcess]:
+        if kind not in self._runs:
+            config = driver_config(
+                self.assets,
+                kind,
+                checkpointing_steps=1,
+                checkpoints_total_limit=2,
+                report_to="tensorboard",
+                validation_data=[self.assets["val"]],
+                validation_steps=2,
+            )
+            self._runs[kind] = config, launch(config, LAUNCH_ARGS[kind](free_port()), self.assets["root"])
+        return self._runs[kind]

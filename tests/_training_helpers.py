@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import torch
+from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from anytext2_diffusers.data import make_demo_data
@@ -76,3 +77,9 @@ def trainable_weights(folder: str) -> dict[str, torch.Tensor]:
         for key, value in load_file(os.path.join(folder, name, "diffusion_pytorch_model.safetensors")).items():
             out[f"{name}.{key}"] = value
     return out
+
+
+def reset_accelerate() -> None:
+    """Each train() call builds its own Accelerator; drop accelerate's process-wide singletons in between."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

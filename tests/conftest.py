@@ -64,3 +64,11 @@ def pipe():
     from anytext2_diffusers.testing import tiny_pipeline
 
     return tiny_pipeline(seed=0)
+
+
+@pytest.fixture(scope="session")
+def launches(tmp_path_factory):
+    """The multi-process runs shared by test_distributed.py, test_fsdp.py and test_deepspeed.py (made lazily)."""
+    from _distributed_helpers import Launches
+
+    return Launches(tmp_path_factory)

@@ -12,7 +12,7 @@ from anytext2_diffusers.conversion.original import build_diffusion_models
 from anytext2_diffusers.conversion.reference_layout import diffusion_layout
 from anytext2_diffusers.conversion.report import key_report
 from anytext2_diffusers.conversion.to_original import to_original_state_dict
-from anytext2_diffusers.testing import TINY_CHANNELS, TINY_CONTEXT_DIM, TINY_HEADS
+from anytext2_diffusers.testing import TINY_CHANNELS, TINY_CONTEXT_DIM, TINY_HEADS, tiny_recognizer
 from anytext2_diffusers.utils.checkpoint_io import UnsafeCheckpointError, load_state_dict_file
 
 
@@ -119,7 +119,7 @@ def test_checkpoint_files_load(tmp_path):
 
 
 def test_from_sd15_single_file_initialises_like_tool_add_anytext(tiny, tmp_path):
-    from anytext2_diffusers.conversion.sd15 import init_anytext2_blocks, load_sd15_components
+    from anytext2_diffusers.conversion.sd15 import anytext2_parts, load_sd15_components, placement_from_original
     from anytext2_diffusers.conversion.to_original import diffusers_to_original_mapping
 
     cfg = tiny_original_config()
@@ -140,7 +140,7 @@ def test_from_sd15_single_file_initialises_like_tool_add_anytext(tiny, tmp_path)
     for name in ("unet", "vae", "text_encoder"):
         a, b = tiny[name].state_dict(), parts[name].state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    blocks = init_anytext2_blocks(parts["unet"], cfg)
+    blocks = anytext2_parts(parts, tiny_recognizer(0), **placement_from_original(cfg, parts["unet"]))
     writenet, attnx = blocks["controlnet"], blocks["attnx"]
     unet = parts["unet"]
     assert torch.equal(

@@ -15,10 +15,10 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from diffusers import AutoencoderKL
 
-from anytext2_diffusers.training import deepspeed_engine
+from anytext2_diffusers.training import distributed
 from anytext2_diffusers.utils.dtype import cast_model, dtype_kwarg
 
-deepspeed_engine.skip_import_unless_requested()
+distributed.skip_deepspeed_import_unless_requested()
 extract_model_from_parallel(torch.nn.Linear(1, 1))  # what accelerator.unwrap_model runs
 print("deepspeed imported" if "deepspeed" in sys.modules else "deepspeed not imported")
 vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4, sample_size=8)

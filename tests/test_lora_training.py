@@ -9,17 +9,15 @@ from unittest import mock
 
 import pytest
 import torch
-from _training_helpers import make_data, save_small_recognizer, tiny_config
-from accelerate.state import AcceleratorState, GradientState
+from _training_helpers import make_data, reset_accelerate, save_small_recognizer, tiny_config
 from safetensors.torch import load_file
 
 from anytext2_diffusers.models.attnx import AnyText2AttnXModel
-from anytext2_diffusers.models.writenet import AnyText2ControlNetModel
+from anytext2_diffusers.models.controlnet import AnyText2ControlNetModel
 from anytext2_diffusers.pipelines import AnyText2Pipeline
 from anytext2_diffusers.testing import quick_generate, tiny_components
 from anytext2_diffusers.training import TrainingCallback, TrainingConfig, lora, train
 from anytext2_diffusers.training import checkpointing as ckpt
-from anytext2_diffusers.training.output import PIPELINE_COMPONENTS, inference_scheduler
 from anytext2_diffusers.training.trainable import apply_trainable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,11 +32,6 @@ def assets(tmp_path_factory):
     return dict(
         root=root, ocr=save_small_recognizer(str(root / "ocr")), train=make_data(str(root / "train"), n=4, seed=0)
     )
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(autouse=True)
@@ -58,14 +51,12 @@ class Snapshot(TrainingCallback):
 
     def on_train_end(self, parts):
         self.weights = {n: {k: v.detach().clone() for k, v in parts[n].state_dict().items()} for n in COMPONENTS}
-        components = {name: parts[name] for name in PIPELINE_COMPONENTS}
-        components["scheduler"] = inference_scheduler(parts["scheduler"])
         parts["attnx"].detach()  # the copy gets its own hooks on the copied UNet
         try:
-            copies = copy.deepcopy(components)
+            copies = copy.deepcopy(parts)
         finally:
             parts["attnx"].attach(parts["unet"])
-        self.latents = quick_generate(float64_pipeline(AnyText2Pipeline(**copies)))
+        self.latents = quick_generate(float64_pipeline(AnyText2Pipeline.from_parts(copies)))
 
 
 def float64_pipeline(pipe):

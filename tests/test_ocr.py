@@ -20,13 +20,9 @@ from anytext2_diffusers.models.ocr import (
     crop_line_by_mask,
     crop_line_by_polygon,
     ctc_greedy_decode,
-    ctc_loss_per_line,
     default_onnx_path,
     load_anytext2_ocr_state_dict,
     load_character_list,
-    mean_per_sample,
-    ocr_line_losses,
-    ocr_perceptual_loss_per_line,
     prepare_crops,
     read_state_dict_file,
     recognize_crops,
@@ -36,6 +32,12 @@ from anytext2_diffusers.models.ocr import (
     umeyama_similarity,
 )
 from anytext2_diffusers.models.ocr import convert as convert_mod
+from anytext2_diffusers.training.losses import (
+    ctc_loss_per_line,
+    mean_per_sample,
+    ocr_line_losses,
+    ocr_perceptual_loss_per_line,
+)
 
 FONT_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "src/anytext2_diffusers/assets/fonts"
 LATIN_FONTS = ("NotoSans-Regular.ttf", "DejaVuSans.ttf")

@@ -19,14 +19,16 @@ from anytext2_diffusers.models.ocr import (
     PPOCRRecognizer,
     crop_line_by_mask,
     crop_lines,
-    ctc_loss_per_line,
-    language_weight,
     load_anytext2_ocr_state_dict,
     load_character_list,
+    recognize_crops,
+)
+from anytext2_diffusers.training.losses import (
+    ctc_loss_per_line,
+    language_weight,
     mean_per_sample,
     ocr_line_losses_from_crops,
     ocr_perceptual_loss_per_line,
-    recognize_crops,
 )
 
 

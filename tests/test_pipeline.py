@@ -271,7 +271,7 @@ def test_writenet_runs_twice_for_20_steps_and_matches_per_step_loop(pipe):
         ref = reference_loop(pipe, batch, 20, 7.5, gen(5))
         assert counter.n == 40
         counter.n = 0
-        pipe.recompute_writenet_every_step = True  # the benchmark's baseline: same loop, WriteNet every step
+        pipe.recompute_controlnet_every_step = True  # the benchmark's baseline: same loop, WriteNet every step
         per_step = call(pipe, generator=gen(5), **kw).images
         assert counter.n == 40
         counter.n = 0
@@ -279,7 +279,7 @@ def test_writenet_runs_twice_for_20_steps_and_matches_per_step_loop(pipe):
         assert counter.n == 20
         del no_cfg
     finally:
-        pipe.recompute_writenet_every_step = False
+        pipe.recompute_controlnet_every_step = False
         counter.close()
     assert (fast - ref).abs().max() <= 1e-5
     assert (fast - per_step).abs().max() <= 1e-5
@@ -308,7 +308,7 @@ def test_save_pretrained_from_pretrained_round_trip(pipe, tmp_path):
     # diffusers writes the defining module of classes from other libraries and imports it when loading; it
     # also looks the loadable base classes (ModelMixin ...) up in that module, so the bare package name would
     # not load
-    assert index["controlnet"] == ["anytext2_diffusers.models.writenet", "AnyText2ControlNetModel"]
+    assert index["controlnet"] == ["anytext2_diffusers.models.controlnet", "AnyText2ControlNetModel"]
     assert index["attnx"] == ["anytext2_diffusers.models.attnx", "AnyText2AttnXModel"]
     assert index["_class_name"] == "AnyText2Pipeline"
     for sub in (
@@ -339,6 +339,18 @@ def test_save_pretrained_from_pretrained_round_trip(pipe, tmp_path):
             assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), name
     # not bit-identical: transformers picks SDPA attention for a loaded CLIP, eager for one built from a config
     assert (a - b).abs().max() <= 1e-4
+
+
+def test_folders_saved_before_the_controlnet_rename_still_load(pipe, tmp_path):
+    """Folders written while the model lived in models/writenet.py name that module in model_index.json."""
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["controlnet"] = ["anytext2_diffusers.models.writenet", "AnyText2ControlNetModel"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    loaded = AnyText2Pipeline.from_pretrained(tmp_path)
+    assert type(loaded.controlnet) is type(pipe.controlnet)
+    ref, got = pipe.controlnet.state_dict(), loaded.controlnet.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
 def test_model_cpu_offload_runs():

@@ -11,10 +11,11 @@ from torch import nn
 
 from anytext2_diffusers.data import Collator
 from anytext2_diffusers.training import TrainingCallback, train
+from anytext2_diffusers.training.components import build_training_model
 from anytext2_diffusers.training.data import build_datasets
 from anytext2_diffusers.training.precision import align_layer_inputs
 from anytext2_diffusers.training.preflight import precision_error
-from anytext2_diffusers.training.speed import build_training_model, sample_generators
+from anytext2_diffusers.training.step import sample_generators
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

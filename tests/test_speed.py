@@ -12,8 +12,9 @@ import torch
 from _training_helpers import make_data, save_small_recognizer, tiny_config
 
 from anytext2_diffusers.data import Collator
+from anytext2_diffusers.training.components import build_training_model
 from anytext2_diffusers.training.data import build_datasets
-from anytext2_diffusers.training.speed import LatentCache, build_training_model, sample_generators
+from anytext2_diffusers.training.step import LatentCache, sample_generators
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

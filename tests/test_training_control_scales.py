@@ -64,8 +64,9 @@ def test_predict_noise_scales_each_residual(tiny, one_thread):
 
 def test_training_forward_takes_the_configured_scales(tmp_path, monkeypatch, one_thread):
     from anytext2_diffusers.data import Collator
+    from anytext2_diffusers.training.components import build_training_model
     from anytext2_diffusers.training.data import build_datasets
-    from anytext2_diffusers.training.speed import build_training_model, sample_generators
+    from anytext2_diffusers.training.step import sample_generators
 
     config = tiny_config(
         str(tmp_path / "out"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import types
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from anytext2_diffusers.models import AnyText2AttnXModel, AnyText2ControlNetMode
 from anytext2_diffusers.models.ocr import PPOCRRecognizer
 from anytext2_diffusers.models.text_embedding import AnyText2TextEmbeddingModel
 from anytext2_diffusers.testing import tiny_components
+from anytext2_diffusers.training.config import TrainingConfig
 from anytext2_diffusers.training.trainable import apply_trainable, describe, select_trainable
 
 U, C, E = "model.diffusion_model.", "control_model.", "embedding_manager."
@@ -148,7 +148,7 @@ def test_trainable_set_equals_the_reference(base, placement, train_font_ocr):
     assert ("font_predictor" in {k.split(".")[1] for k in em_keys}) == train_font_ocr
     checked = 0
     for sd_locked, unlock_qkv, train_text_embedding in itertools.product([True, False], repeat=3):
-        sw = types.SimpleNamespace(
+        sw = TrainingConfig(
             sd_locked=sd_locked,
             unlock_qkv=unlock_qkv,
             train_text_embedding=train_text_embedding,
@@ -167,7 +167,7 @@ def test_trainable_set_equals_the_reference(base, placement, train_font_ocr):
 
 def test_apply_trainable_sets_requires_grad_and_counts(base):
     components, _, _ = build(base, "default", True)
-    sw = types.SimpleNamespace(
+    sw = TrainingConfig(
         sd_locked=False,
         unlock_qkv=True,
         train_text_embedding=True,

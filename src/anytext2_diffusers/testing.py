@@ -132,14 +132,6 @@ def tiny_recognizer(seed: int = 0):
     return model.eval()
 
 
-def sd15_inference_scheduler():
-    """DDIM with SD1.5's betas: diffusers' equivalent of the reference's DDIM sampler (``steps_offset=1``,
-    ``set_alpha_to_one=False``, uniform "leading" spacing)."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(sd15_scheduler().config, set_alpha_to_one=False, clip_sample=False)
-
-
 def tiny_pipeline(seed: int = 0):
     """A complete ``AnyText2Pipeline`` on the tiny components (random weights, offline, CPU, float32).
 
@@ -149,35 +141,22 @@ def tiny_pipeline(seed: int = 0):
     and colour projections) get small random weights, so every condition reaches the image and tests that
     compare conditions can fail.
     """
-    from .models import AnyText2AttnXModel, AnyText2ControlNetModel, AnyText2TextEmbeddingModel
+    from .conversion.sd15 import anytext2_parts
     from .pipelines import AnyText2Pipeline
 
-    parts = tiny_components(seed)
-    unet = parts["unet"]
-    torch.manual_seed(seed + 3)
-    controlnet = AnyText2ControlNetModel.from_unet(unet)
-    zeroed = [controlnet.fuse_block, controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks]
-    attnx = AnyText2AttnXModel.from_unet(unet)
     ocr = tiny_recognizer(seed + 4)
-    text_embedding = AnyText2TextEmbeddingModel.from_text_encoder(parts["text_encoder"], font_recognizer=ocr)
+    torch.manual_seed(seed + 3)
+    parts = anytext2_parts(tiny_components(seed), ocr)
+    controlnet, text_embedding = parts["controlnet"], parts["text_embedding"]
+    zeroed = [controlnet.fuse_block, controlnet.controlnet_mid_block, *controlnet.controlnet_down_blocks]
+    zeroed.extend(m[0] for m in (text_embedding.proj, text_embedding.style_proj, text_embedding.color_proj))
     with torch.no_grad():
-        zeroed.extend(m[0] for m in (text_embedding.proj, text_embedding.style_proj, text_embedding.color_proj))
         for module in zeroed:
             for p in module.parameters():
                 p.normal_(0.0, 0.05)
-    for model in (controlnet, attnx, ocr, text_embedding):
-        model.eval()
-    pipe = AnyText2Pipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=unet,
-        controlnet=controlnet,
-        attnx=attnx,
-        scheduler=sd15_inference_scheduler(),
-        text_embedding=text_embedding,
-        ocr=ocr,
-    )
+    for name in ("controlnet", "attnx", "ocr", "text_embedding"):
+        parts[name].eval()
+    pipe = AnyText2Pipeline.from_parts(parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageColor, ImageDraw
 
 from ..data.fonts import BUNDLED_FONT_DIR, load_font, missing_chars
-from ..pipelines import inputs as I
+from ..pipelines import inputs
 
 MAX_LINES = 5  # the reference demo's number of per-line font / colour rows
 NO_FONT = "No font"  # the line gets no font condition (reference "No Font")
@@ -86,7 +86,7 @@ def resolve_fonts(texts: Sequence[str], choices: Sequence[str | None], uploaded:
     out: list[str | None] = []
     for i, text in enumerate(texts):
         choice = choices[i] if i < len(choices) else None
-        default = I.default_glyph_font(text)
+        default = inputs.default_glyph_font(text)
         lacking = missing_chars(default, text)
         if lacking:
             raise AppError(f"Line {i + 1} ({text!r}): no bundled font has {_chars(lacking)}, so it cannot be written.")
@@ -172,7 +172,7 @@ def layout_preview(base: np.ndarray, masks: Sequence[np.ndarray], texts: Sequenc
     draw = ImageDraw.Draw(img)
     size = max(10, min(img.size) // 16)
     for x, y, label, color in labels:
-        font = load_font(I.default_glyph_font(label), size)
+        font = load_font(inputs.default_glyph_font(label), size)
         top = max(0, y - size - 4)
         box = draw.textbbox((x, top), label, font=font)
         draw.rectangle(box, fill=(255, 255, 255))
@@ -227,25 +227,27 @@ def prepare(req: Request) -> tuple[dict, Image.Image, list[str]]:
         raise AppError(f"{len(texts)} text lines: the app takes at most {MAX_LINES}.")
     warnings = []
     for i, t in enumerate(texts):
-        if len(t) > I.MAX_CHARS:
-            warnings.append(f"Line {i + 1} is longer than {I.MAX_CHARS} characters and is cut to {t[: I.MAX_CHARS]!r}.")
+        if len(t) > inputs.MAX_CHARS:
+            warnings.append(
+                f"Line {i + 1} is longer than {inputs.MAX_CHARS} characters and is cut to {t[: inputs.MAX_CHARS]!r}."
+            )
     if req.mode == "edit":
         if req.image is None:
             raise AppError("Upload the image to edit first.")
         h, w = req.image.shape[:2]
-        H, W = I.edit_size(h, w)
-        if H < I.SIZE_MULTIPLE or W < I.SIZE_MULTIPLE:
+        H, W = inputs.edit_size(h, w)
+        if H < inputs.SIZE_MULTIPLE or W < inputs.SIZE_MULTIPLE:
             raise AppError(f"The image is {w}x{h} pixels: too small to edit, both sides must be at least 64.")
         base, hw, what = req.image, (h, w), "Paint over the text to replace"
     else:
         W, H = int(req.width), int(req.height)
-        if W < I.SIZE_MULTIPLE or H < I.SIZE_MULTIPLE or W % I.SIZE_MULTIPLE or H % I.SIZE_MULTIPLE:
+        if W < inputs.SIZE_MULTIPLE or H < inputs.SIZE_MULTIPLE or W % inputs.SIZE_MULTIPLE or H % inputs.SIZE_MULTIPLE:
             raise AppError(f"Image size {W}x{H}: width and height must be multiples of 64, at least 64.")
         base, hw, what = np.full((H, W, 3), 235, np.uint8), (H, W), "Draw where each line goes"
     if req.regions is None or not req.regions.any():
         raise AppError(f"{what}: nothing is drawn. Draw one box or stroke per text line.")
     regions = resize_mask(np.asarray(req.regions, bool), hw)
-    masks = I.positions_to_masks(regions, hw, req.sort_priority)
+    masks = inputs.positions_to_masks(regions, hw, req.sort_priority)
     if len(texts) > len(masks):
         raise AppError(
             f"{len(texts)} text lines but {len(masks)} drawn region{'s' * (len(masks) != 1)}: draw one separate box"

@@ -7,7 +7,6 @@ only the AnyText2 parts (AttnX, WriteNet's glyph/position/fuse encoders) are map
 from __future__ import annotations
 
 import re
-from collections import Counter
 
 import torch
 from diffusers.loaders.single_file_utils import (
@@ -51,24 +50,6 @@ WRITENET_HINT_RENAMES = {
 }
 
 
-def split_by_prefix(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
-    """Group keys by the ControlLDM sub-model they belong to; returns (groups, unknown keys)."""
-    groups: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PREFIXES}
-    unknown = []
-    for key, value in state_dict.items():
-        prefix = next((p for p in PREFIXES if key.startswith(p)), None)
-        if prefix is not None:
-            groups[prefix][key] = value
-        elif key not in SCHEDULE_KEYS:
-            unknown.append(key)
-    return groups, unknown
-
-
-def prefix_counts(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
-    counts = Counter(next((p for p in PREFIXES if k.startswith(p)), "(top level)") for k in state_dict)
-    return dict(sorted(counts.items()))
-
-
 def ldm_block_to_diffusers(path: str, layers_per_block: int) -> str:
     """Map an ldm UNet block path (``input_blocks.4.1``, ``middle_block.1``, ``output_blocks.5.1``) to
     the diffusers attention module that holds the same transformer (``down_blocks.1.attentions.1`` ...)."""
@@ -101,7 +82,7 @@ def convert_unet_and_attnx(
     return convert_ldm_unet_checkpoint(stock, unet_config), attnx
 
 
-def convert_writenet(checkpoint: dict[str, torch.Tensor], unet_config: dict) -> dict[str, torch.Tensor]:
+def convert_controlnet(checkpoint: dict[str, torch.Tensor], unet_config: dict) -> dict[str, torch.Tensor]:
     """WriteNet = a ControlNet encoder (converted by diffusers) + AnyText2's hint encoder."""
     encoder, hint = {}, {}
     for key, value in checkpoint.items():
@@ -133,16 +114,13 @@ def strip_prefix(checkpoint: dict[str, torch.Tensor], prefix: str) -> dict[str, 
     return {k[len(prefix) :]: v for k, v in checkpoint.items() if k.startswith(prefix)}
 
 
-def diffusers_configs_from_original(original_config: dict, checkpoint: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """UNet / VAE / WriteNet / AttnX configs from the reference's model yaml (already parsed)."""
+def block_configs_from_original(original_config: dict, n_levels: int, down_block_types) -> dict[str, dict]:
+    """WriteNet (``controlnet``) and AttnX settings of the reference's model yaml, for a UNet with ``n_levels``
+    resolution levels and these down block types."""
     params = original_config["model"]["params"]
-    unet = create_unet_diffusers_config_from_ldm(original_config, checkpoint)
-    unet.pop("sample_size", None)
-    vae = create_vae_diffusers_config_from_ldm(original_config, checkpoint)
     control = params.get("control_stage_config", {}).get("params", {})
     unet_params = params["unet_config"]["params"]
-    n_levels = len(unet["block_out_channels"])
-    writenet = dict(
+    controlnet = dict(
         glyph_scale=int(control.get("glyph_scale", 1)),
         fast_control=bool(control.get("fast_control", True)),
         glyph_channels=int(control.get("glyph_channels", 1)),
@@ -153,11 +131,20 @@ def diffusers_configs_from_original(original_config: dict, checkpoint: dict[str,
         in_up_blocks=tuple(sorted(n_levels - 1 - level for level in unet_params.get("output_attnx_level", ())))
         if unet_params.get("output_attnx", False)
         else (),
-        in_down_blocks=tuple(i for i, t in enumerate(unet["down_block_types"]) if "CrossAttn" in t)
+        in_down_blocks=tuple(i for i, t in enumerate(down_block_types) if "CrossAttn" in t)
         if unet_params.get("input_attnx", False)
         else (),
     )
-    return dict(unet=unet, vae=vae, writenet=writenet, attnx=attnx)
+    return dict(controlnet=controlnet, attnx=attnx)
+
+
+def diffusers_configs_from_original(original_config: dict, checkpoint: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """UNet / VAE / WriteNet (``controlnet``) / AttnX configs from the reference's model yaml (already parsed)."""
+    unet = create_unet_diffusers_config_from_ldm(original_config, checkpoint)
+    unet.pop("sample_size", None)
+    vae = create_vae_diffusers_config_from_ldm(original_config, checkpoint)
+    blocks = block_configs_from_original(original_config, len(unet["block_out_channels"]), unet["down_block_types"])
+    return dict(unet=unet, vae=vae, **blocks)
 
 
 def load_text_encoder_weights(model, state_dict: dict[str, torch.Tensor]) -> None:
@@ -189,14 +176,14 @@ def build_diffusion_models(checkpoint: dict[str, torch.Tensor], original_config:
     unet.load_state_dict(unet_sd, strict=True)
     attnx = AnyText2AttnXModel.from_unet(unet, **configs["attnx"], load_weights_from_unet=False)
     attnx.load_state_dict(attnx_sd, strict=True)
-    writenet_cfg = configs["writenet"]
-    writenet = AnyText2ControlNetModel.from_unet(
+    controlnet_cfg = configs["controlnet"]
+    controlnet = AnyText2ControlNetModel.from_unet(
         unet,
-        glyph_scale=writenet_cfg["glyph_scale"],
-        fast_control=writenet_cfg["fast_control"],
+        glyph_scale=controlnet_cfg["glyph_scale"],
+        fast_control=controlnet_cfg["fast_control"],
         load_weights_from_unet=False,
     )
-    writenet.load_state_dict(convert_writenet(checkpoint, configs["unet"]), strict=True)
+    controlnet.load_state_dict(convert_controlnet(checkpoint, configs["unet"]), strict=True)
     vae = AutoencoderKL(**configs["vae"])
     vae.load_state_dict(convert_vae(checkpoint, configs["vae"]), strict=True)
-    return dict(unet=unet.eval(), attnx=attnx.eval(), controlnet=writenet.eval(), vae=vae.eval())
+    return dict(unet=unet.eval(), attnx=attnx.eval(), controlnet=controlnet.eval(), vae=vae.eval())

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .original import (
 )
 from .reference_layout import diffusion_layout
 from .report import KeyReport, key_report
-from .sd15 import init_anytext2_blocks, load_original_config, load_sd15_components
+from .sd15 import anytext2_parts, load_original_config, load_sd15_components, placement_from_original
 from .to_original import to_original_state_dict
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ def _save_pipeline(parts: dict, output_dir: str | Path, dtype: torch.dtype) -> N
     for module in parts.values():
         if isinstance(module, torch.nn.Module) and dtype != torch.float32:
             module.to(dtype)
-    pipe = AnyText2Pipeline(**parts)
+    pipe = AnyText2Pipeline.from_parts(parts)
     pipe.save_pretrained(output_dir, safe_serialization=True)
 
 
@@ -138,23 +137,19 @@ def convert_sd15_to_pipeline(
 ) -> None:
     """A fresh AnyText2 as the reference's tool_add_anytext.py builds it: WriteNet/AttnX from the UNet,
     the OCR weights in the frozen recognizer and in the trainable font recognizer."""
-    from ..models import AnyText2TextEmbeddingModel, PPOCRRecognizer
+    from ..models import PPOCRRecognizer
     from ..models.ocr import convert_onnx, recognizer_from_anytext2
 
     cfg = load_original_config(original_config)
-    parts = load_sd15_components(sd15, cfg, clip_model_name_or_path)
-    parts.update(init_anytext2_blocks(parts["unet"], cfg))
+    sd15_parts = load_sd15_components(sd15, cfg, clip_model_name_or_path)
+    sd15_parts.setdefault("scheduler", _scheduler(cfg))
     if ocr_model is None:
         ocr = convert_onnx()
     elif Path(ocr_model).is_dir():
         ocr = PPOCRRecognizer.from_pretrained(ocr_model)
     else:
         ocr = recognizer_from_anytext2(ocr_model)
-    parts.setdefault("scheduler", _scheduler(cfg))
-    parts["text_embedding"] = AnyText2TextEmbeddingModel.from_text_encoder(
-        parts["text_encoder"], font_recognizer=copy.deepcopy(ocr)
-    )
-    parts["ocr"] = ocr.eval()
+    parts = anytext2_parts(sd15_parts, ocr, **placement_from_original(cfg, sd15_parts["unet"]))
     _save_pipeline(parts, output_dir, DTYPES[dtype])
 
 

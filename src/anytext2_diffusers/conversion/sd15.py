@@ -1,8 +1,8 @@
 """Stable Diffusion 1.5 -> a fresh AnyText2 for training from scratch (the reference's tool_add_anytext.py).
 
 WriteNet's encoder and AttnX start as copies of the UNet's weights (``from_unet``), the zero convs and the
-fuse conv at zero, the glyph/position encoders random. The OCR and text-embedding parts are added by the
-caller (they need the recognizer weights).
+fuse conv at zero, the glyph/position encoders random; the text embedding's font recognizer is a copy of
+the OCR recognizer the caller brings (``anytext2_parts``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 import yaml
 
 from ..configs import config_path, sd15_config
+from ..models import AnyText2AttnXModel, AnyText2ControlNetModel, AnyText2TextEmbeddingModel, PPOCRRecognizer
 from ..utils.checkpoint_io import load_state_dict_file
 from .original import (
+    block_configs_from_original,
     convert_text_encoder,
     convert_unet_and_attnx,
     convert_vae,
@@ -100,26 +102,58 @@ def load_sd15_components(
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(tok))
 
 
-def init_anytext2_blocks(unet, original_config: dict | None = None) -> dict:
-    """WriteNet and AttnX for ``unet`` with the reference's initialisation and the config's placement."""
-    from ..models import AnyText2AttnXModel, AnyText2ControlNetModel
+def placement_from_original(original_config: dict | None, unet) -> dict:
+    """``anytext2_parts`` keyword arguments (WriteNet glyph scale and fast control, AttnX placement) that a
+    reference ControlLDM config describes."""
+    cfg = unet.config
+    blocks = block_configs_from_original(
+        original_config or default_original_config(), len(cfg.block_out_channels), cfg.down_block_types
+    )
+    control, attnx = blocks["controlnet"], blocks["attnx"]
+    return dict(
+        glyph_scale=control["glyph_scale"],
+        fast_control=control["fast_control"],
+        attnx_mid_block=attnx["in_mid_block"],
+        attnx_up_blocks=attnx["in_up_blocks"],
+        attnx_down_blocks=attnx["in_down_blocks"],
+    )
 
-    cfg = original_config or default_original_config()
-    params = cfg["model"]["params"]
-    control = params.get("control_stage_config", {}).get("params", {})
-    unet_params = params["unet_config"]["params"]
-    n_levels = len(unet.config.block_out_channels)
-    writenet = AnyText2ControlNetModel.from_unet(
-        unet, glyph_scale=int(control.get("glyph_scale", 1)), fast_control=bool(control.get("fast_control", True))
-    )
-    attnx = AnyText2AttnXModel.from_unet(
+
+def anytext2_parts(
+    sd15: dict,
+    ocr: PPOCRRecognizer,
+    *,
+    glyph_scale: int = 1,
+    fast_control: bool = True,
+    attnx_mid_block: bool = True,
+    attnx_up_blocks: tuple[int, ...] = (1, 2),
+    attnx_down_blocks: tuple[int, ...] = (),
+    attnx_scale: float = 1.0,
+    train_font_ocr: bool = True,
+) -> dict:
+    """SD1.5's parts (unet, vae, text_encoder, tokenizer, scheduler) and the PP-OCRv3 recognizer -> the nine
+    parts of a fresh AnyText2; the one place training, ``--from_sd15`` and ``testing`` build them.
+
+    WriteNet and AttnX are made ``from_unet``; the text embedding's font recognizer starts as a copy of the
+    OCR weights (tool_add_anytext.py's add_style_ocr); without ``train_font_ocr`` the reference has no copy
+    and reads fonts with the frozen glyph recognizer. The neck size follows the recognizer (40 x 64 for
+    PP-OCRv3: its sequence length is image_width / 8)."""
+    unet = sd15["unet"]
+    parts = dict(sd15)
+    parts["controlnet"] = AnyText2ControlNetModel.from_unet(unet, glyph_scale=glyph_scale, fast_control=fast_control)
+    parts["attnx"] = AnyText2AttnXModel.from_unet(
         unet,
-        in_mid_block=bool(unet_params.get("mid_attnx", True)),
-        in_up_blocks=tuple(sorted(n_levels - 1 - int(lv) for lv in unet_params.get("output_attnx_level", (2, 1))))
-        if unet_params.get("output_attnx", True)
-        else (),
-        in_down_blocks=tuple(i for i, t in enumerate(unet.config.down_block_types) if "CrossAttn" in t)
-        if unet_params.get("input_attnx", False)
-        else (),
+        in_mid_block=attnx_mid_block,
+        in_up_blocks=tuple(attnx_up_blocks),
+        in_down_blocks=tuple(attnx_down_blocks),
+        scale=attnx_scale,
     )
-    return dict(controlnet=writenet, attnx=attnx)
+    parts["text_embedding"] = AnyText2TextEmbeddingModel.from_text_encoder(
+        sd15["text_encoder"],
+        font_recognizer=ocr,
+        style_ocr_trainable=train_font_ocr,
+        neck_length=ocr.config.image_width // 8,
+        neck_dim=ocr.config.neck_dims,
+    )
+    parts["ocr"] = ocr.eval()
+    return parts

@@ -15,9 +15,9 @@ from .original import (
     CLIP_PREFIX,
     EMBEDDING_PREFIX,
     OCR_PREFIX,
+    convert_controlnet,
     convert_unet_and_attnx,
     convert_vae,
-    convert_writenet,
     diffusers_configs_from_original,
 )
 from .reference_layout import diffusion_layout
@@ -46,7 +46,7 @@ def diffusers_to_original_mapping(original_config: dict) -> dict[str, Mapping]:
     return {
         "unet": _trace(unet_sd, origin, layout),
         "attnx": _trace(attnx_sd, origin, layout),
-        "controlnet": _trace(convert_writenet(fake, configs["unet"]), origin, layout),
+        "controlnet": _trace(convert_controlnet(fake, configs["unet"]), origin, layout),
         "vae": _trace(convert_vae(fake, configs["vae"]), origin, layout),
     }
 

@@ -112,10 +112,6 @@ class Batch:
     def masked_image_float(self, dtype=torch.float32) -> torch.Tensor:
         return self.to_unit_range(self.masked_image, dtype)
 
-    def color_float(self, dtype=torch.float32) -> torch.Tensor:
-        """(B,L,3) colour / 255 as the reference feeds it (unspecified 500 -> 1.96)."""
-        return self.color.to(dtype) / 255.0
-
     # --- movement ------------------------------------------------------------------------------
     def _map(self, fn) -> Batch:
         kw = {}

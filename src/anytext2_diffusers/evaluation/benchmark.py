@@ -20,7 +20,6 @@ MAX_CHARS = 20
 NUM_SAMPLES = 4
 CANVAS_SIZE = 512
 PLACEHOLDER = "*"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class BenchmarkError(ValueError):
@@ -109,14 +108,6 @@ def load_benchmark(path: str | Path, max_lines: int = MAX_LINES, max_chars: int 
 def generation_caption(caption: str) -> str:
     """The image caption given to the generator: the reference replaces ``*`` placeholders by spaces."""
     return caption.replace(PLACEHOLDER, " ")
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BenchmarkError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def sample_paths(folder: str | Path, item: BenchmarkItem, num_samples: int = NUM_SAMPLES) -> list[Path]:

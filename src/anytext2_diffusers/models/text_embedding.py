@@ -29,9 +29,6 @@ from diffusers.utils import BaseOutput
 
 from .ocr import PPOCRRecognizer, crop_line_by_mask, recognize_crops
 
-# Colour value meaning "no colour given" in AnyWord data / the reference (any channel mean outside 0..255).
-NO_COLOR = 500
-
 
 @dataclass
 class AnyText2TextEmbeddingOutput(BaseOutput):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import PIL.Image
 import torch
 from PIL import Image
 
@@ -383,3 +384,118 @@ def build_batch(
             "glyph_line": pack_bits(rep(glyph_lines)),
         },
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline's inputs -> Batch
+# ------------------------------------------------------------------------------------------------
+def prepare_conditions(
+    prompt: str | list[str],
+    texts: list[str] | None = None,
+    positions=None,
+    mode: str = "generate",
+    image=None,
+    text_prompt: str | None = None,
+    fonts: list | None = None,
+    colors: list | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    sort_priority: str = "vertical",
+    max_chars: int = MAX_CHARS,
+    glyph_scale: int = 1,
+) -> tuple[Batch, list | None]:
+    """Check the user inputs of ``AnyText2Pipeline.__call__`` (see it for the arguments) and render them into a
+    ``Batch`` (one row per prompt) plus per-line font-hint crops (None where the line has none);
+    ``glyph_scale``: WriteNet's (the glyphs are rendered at that multiple of the image size)."""
+    if mode not in ("generate", "edit"):
+        raise ValueError(f"mode must be 'generate' or 'edit', got {mode!r}")
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompt must be a string or a non-empty list of strings")
+
+    # texts: explicit, else quoted in the text prompt, else quoted in the prompt (AnyText style)
+    if text_prompt is not None:
+        text_caption, quoted = parse_quoted_texts(text_prompt)
+        if texts is None:
+            texts = quoted
+        elif quoted:
+            raise ValueError("give the lines either in `texts` or quoted in `text_prompt`, not both")
+    else:
+        parsed = [parse_quoted_texts(p) for p in prompts]
+        if texts is None and any(q for _, q in parsed):
+            if len({tuple(q) for _, q in parsed}) > 1:
+                raise ValueError("prompts of one call must quote the same lines (they share the positions)")
+            prompts = [p for p, _ in parsed]
+            texts = parsed[0][1]
+        texts = list(texts or [])
+        text_caption = default_text_caption(len(texts)) if texts else ""
+    texts = list(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a list of strings, one per line")
+    if texts and positions is None:
+        raise ValueError("positions are needed to write texts: a mask image, a list of masks or polygons")
+
+    # size and image
+    edit_image = None
+    if mode == "edit":
+        if image is None:
+            raise ValueError("mode='edit' needs `image` (the image to edit)")
+        arr = to_uint8_hwc(image)
+        src_hw = arr.shape[:2]
+        H, W = edit_size(*src_hw)
+        if H < SIZE_MULTIPLE or W < SIZE_MULTIPLE:
+            raise ValueError(f"image of {src_hw[0]}x{src_hw[1]} is too small: both sides must be >= 64")
+        if max(src_hw) > EDIT_MAX_LENGTH:  # two steps as the reference: cap the long side, then crop to 64
+            s = EDIT_MAX_LENGTH / max(src_hw)
+            arr = _cv2_resize(arr, int(round(src_hw[0] * s)), int(round(src_hw[1] * s)))
+        edit_image = _cv2_resize(arr, H, W).clip(1, 255)  # reference: clip(1, 255) "for mask reason"
+        if height is not None or width is not None:
+            logger.warning("height/width are ignored in edit mode: the size follows the image (%dx%d)", H, W)
+        masks = (
+            positions_to_masks(positions, src_hw, sort_priority)
+            if _sized_like(positions, src_hw)
+            else positions_to_masks(positions, (H, W), sort_priority)
+        )
+        masks = [_resize_mask(m, (H, W)) for m in masks]
+    else:
+        if image is not None:
+            logger.warning("`image` is ignored in generate mode")
+        H, W = height, width
+        if H is None or W is None:
+            hw = _mask_size(positions)
+            H, W = H or (hw[0] if hw else 512), W or (hw[1] if hw else 512)
+        if H % SIZE_MULTIPLE or W % SIZE_MULTIPLE or H <= 0 or W <= 0:
+            raise ValueError(f"height and width must be positive multiples of 64, got {H}x{W}")
+        masks = positions_to_masks(positions, (H, W), sort_priority)
+    if positions is not None and not masks:
+        raise ValueError("positions is empty: no blob of at least 20 white pixels was found")
+
+    lines, extra = make_lines(texts, masks, fonts, colors, max_chars)
+    batch = build_batch(prompts, text_caption, lines, extra, (H, W), edit_image, glyph_scale)
+    crops = [ln.font_hint_crop for ln in lines]
+    return batch, (None if all(c is None for c in crops) else [crops] * len(prompts))
+
+
+def _cv2_resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    return arr if arr.shape[:2] == (h, w) else cv2.resize(arr, (w, h))
+
+
+def _mask_size(positions) -> tuple[int, int] | None:
+    """(H, W) of a mask image or the first mask of a list, None for polygons / nothing."""
+    if positions is None:
+        return None
+    first = positions[0] if isinstance(positions, (list, tuple)) and positions else positions
+    if isinstance(first, PIL.Image.Image):
+        return first.size[1], first.size[0]
+    arr = np.squeeze(np.asarray(first.detach().cpu() if isinstance(first, torch.Tensor) else first))
+    if arr.ndim == 2 and arr.shape[1] == 2:
+        return None  # a polygon
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        return arr.shape[1], arr.shape[2]
+    return (arr.shape[0], arr.shape[1]) if arr.ndim >= 2 else None
+
+
+def _sized_like(positions, hw) -> bool:
+    """True when ``positions`` (mask image or masks) has the size ``hw`` or consists of polygons."""
+    size = _mask_size(positions)
+    return size is None or size == tuple(hw)

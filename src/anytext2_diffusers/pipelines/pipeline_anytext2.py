@@ -24,7 +24,7 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
@@ -36,9 +36,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ..data.batch import Batch
 from ..models.attnx import AnyText2AttnXModel
 from ..models.conditioning import AnyText2CaptionEncoder
-from ..models.writenet import AnyText2ControlNetModel
-from . import inputs as I
+from ..models.controlnet import AnyText2ControlNetModel
 from .community import write_community_pipeline
+from .inputs import MAX_CHARS, PLACEHOLDER, SIZE_MULTIPLE, prepare_conditions
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ DEFAULT_NEGATIVE_PROMPT = (
     "low-res, bad anatomy, extra digit, fewer digits, cropped, worst quality, low quality, watermark, unreadable"
     " text, messy words, distorted text, disorganized writing, advertising picture"
 )
+
+
+COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "attnx", "scheduler", "text_embedding", "ocr")
+
+
+def inference_scheduler(scheduler) -> DDIMScheduler:
+    """DDIM on ``scheduler``'s betas (e.g. training's DDPM): diffusers' equivalent of the reference's DDIM
+    sampler (``set_alpha_to_one=False``, no sample clipping; SD1.5's ``steps_offset=1`` and "leading" spacing
+    come with the config)."""
+    return DDIMScheduler.from_config(scheduler.config, set_alpha_to_one=False, clip_sample=False)
 
 
 @dataclass
@@ -108,9 +118,18 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         # Benchmarks and the equality test switch this on to run WriteNet at every step (same math).
-        self.recompute_writenet_every_step = False
+        self.recompute_controlnet_every_step = False
         self._warned_no_text_embedding = False
         self.attach_attnx()
+
+    @classmethod
+    def from_parts(cls, parts: dict) -> AnyText2Pipeline:
+        """The pipeline on a dict of parts (training's components, ``conversion.sd15.anytext2_parts``), its
+        scheduler made the DDIM sampler on the parts' betas (``inference_scheduler``). Extra keys are ignored."""
+        return cls(
+            **{name: parts[name] for name in COMPONENTS if name != "scheduler"},
+            scheduler=inference_scheduler(parts["scheduler"]),
+        )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """diffusers' ``save_pretrained`` plus ``pipeline.py``, so that ``DiffusionPipeline.from_pretrained(folder,
@@ -152,7 +171,7 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         ``*`` placeholders take the line embeddings in order (``AnyText2CaptionEncoder``); image captions are
         encoded in 75-token chunks, so they may be of any length.
         """
-        encoder = AnyText2CaptionEncoder(self.tokenizer, self.text_encoder, placeholder=I.PLACEHOLDER, freeze=False)
+        encoder = AnyText2CaptionEncoder(self.tokenizer, self.text_encoder, placeholder=PLACEHOLDER, freeze=False)
         out = encoder(
             list(image_captions), None if text_captions is None else list(text_captions), line_embeds, n_lines
         )
@@ -202,7 +221,7 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     # ------------------------------------------------------------------------------------------------
     # WriteNet
     # ------------------------------------------------------------------------------------------------
-    def run_writenet(self, latents, t, context, glyphs, positions, masked_latents, scale) -> _Residuals:
+    def run_controlnet(self, latents, t, context, glyphs, positions, masked_latents, scale) -> _Residuals:
         down, mid = self.controlnet(
             latents,
             t,
@@ -218,92 +237,10 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     # ------------------------------------------------------------------------------------------------
     # inputs
     # ------------------------------------------------------------------------------------------------
-    def prepare_conditions(
-        self,
-        prompt: str | list[str],
-        texts: list[str] | None = None,
-        positions=None,
-        mode: str = "generate",
-        image=None,
-        text_prompt: str | None = None,
-        fonts: list | None = None,
-        colors: list | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        sort_priority: str = "vertical",
-        max_chars: int = I.MAX_CHARS,
-    ) -> tuple[Batch, list | None]:
-        """Check the user inputs and render them into a ``Batch`` (one row per prompt) plus per-line
-        font-hint crops (None where the line has none). See ``__call__`` for the arguments."""
-        if mode not in ("generate", "edit"):
-            raise ValueError(f"mode must be 'generate' or 'edit', got {mode!r}")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a string or a non-empty list of strings")
-
-        # texts: explicit, else quoted in the text prompt, else quoted in the prompt (AnyText style)
-        if text_prompt is not None:
-            text_caption, quoted = I.parse_quoted_texts(text_prompt)
-            if texts is None:
-                texts = quoted
-            elif quoted:
-                raise ValueError("give the lines either in `texts` or quoted in `text_prompt`, not both")
-        else:
-            parsed = [I.parse_quoted_texts(p) for p in prompts]
-            if texts is None and any(q for _, q in parsed):
-                if len({tuple(q) for _, q in parsed}) > 1:
-                    raise ValueError("prompts of one call must quote the same lines (they share the positions)")
-                prompts = [p for p, _ in parsed]
-                texts = parsed[0][1]
-            texts = list(texts or [])
-            text_caption = I.default_text_caption(len(texts)) if texts else ""
-        texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError("texts must be a list of strings, one per line")
-        if texts and positions is None:
-            raise ValueError("positions are needed to write texts: a mask image, a list of masks or polygons")
-
-        # size and image
-        edit_image = None
-        if mode == "edit":
-            if image is None:
-                raise ValueError("mode='edit' needs `image` (the image to edit)")
-            arr = I.to_uint8_hwc(image)
-            src_hw = arr.shape[:2]
-            H, W = I.edit_size(*src_hw)
-            if H < I.SIZE_MULTIPLE or W < I.SIZE_MULTIPLE:
-                raise ValueError(f"image of {src_hw[0]}x{src_hw[1]} is too small: both sides must be >= 64")
-            if max(src_hw) > I.EDIT_MAX_LENGTH:  # two steps as the reference: cap the long side, then crop to 64
-                s = I.EDIT_MAX_LENGTH / max(src_hw)
-                arr = cv2_resize(arr, int(round(src_hw[0] * s)), int(round(src_hw[1] * s)))
-            edit_image = cv2_resize(arr, H, W).clip(1, 255)  # reference: clip(1, 255) "for mask reason"
-            if height is not None or width is not None:
-                logger.warning("height/width are ignored in edit mode: the size follows the image (%dx%d)", H, W)
-            masks = (
-                I.positions_to_masks(positions, src_hw, sort_priority)
-                if _sized_like(positions, src_hw)
-                else I.positions_to_masks(positions, (H, W), sort_priority)
-            )
-            masks = [I._resize_mask(m, (H, W)) for m in masks]
-        else:
-            if image is not None:
-                logger.warning("`image` is ignored in generate mode")
-            H, W = height, width
-            if H is None or W is None:
-                hw = _mask_size(positions)
-                H, W = H or (hw[0] if hw else 512), W or (hw[1] if hw else 512)
-            if H % I.SIZE_MULTIPLE or W % I.SIZE_MULTIPLE or H <= 0 or W <= 0:
-                raise ValueError(f"height and width must be positive multiples of 64, got {H}x{W}")
-            masks = I.positions_to_masks(positions, (H, W), sort_priority)
-        if positions is not None and not masks:
-            raise ValueError("positions is empty: no blob of at least 20 white pixels was found")
-
-        lines, extra = I.make_lines(texts, masks, fonts, colors, max_chars)
-        batch = I.build_batch(
-            prompts, text_caption, lines, extra, (H, W), edit_image, self.controlnet.config.glyph_scale
-        )
-        crops = [ln.font_hint_crop for ln in lines]
-        return batch, (None if all(c is None for c in crops) else [crops] * len(prompts))
+    def prepare_conditions(self, prompt, *args, **kwargs) -> tuple[Batch, list | None]:
+        """``inputs.prepare_conditions`` at this pipeline's glyph scale: the ``Batch`` that ``__call__(batch=...)``
+        samples from, and the font-hint crops."""
+        return prepare_conditions(prompt, *args, glyph_scale=self.controlnet.config.glyph_scale, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
     # call
@@ -311,7 +248,7 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         texts: list[str] | None = None,
         positions=None,
         mode: str = "generate",
@@ -337,7 +274,9 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         keep_unmasked_area: bool = False,
         sort_priority: str = "vertical",
-        max_chars: int = I.MAX_CHARS,
+        max_chars: int = MAX_CHARS,
+        batch: Batch | None = None,
+        font_hint_crops: list | None = None,
     ):
         r"""Generate (or edit) images with ``texts`` written at ``positions``.
 
@@ -363,53 +302,16 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             keep_unmasked_area: edit mode only; ``True`` re-imposes the noised original latents outside the
                 lines after every step (as diffusers' inpainting does), so pixels there survive up to the VAE
                 round trip. ``False`` (default) is the reference, which relies on the masked-latent condition.
+            batch: already-rendered conditions instead of the inputs above (the data module's ``Batch``, one
+                row per image caption: e.g. validation samples of the training set, or ``prepare_conditions``'
+                result), as diffusers pipelines take ``prompt_embeds``; ``font_hint_crops`` goes with it.
         """
-        batch, crops = self.prepare_conditions(
-            prompt, texts, positions, mode, image, text_prompt, fonts, colors, height, width, sort_priority, max_chars
-        )
-        return self.generate_from_batch(
-            batch,
-            font_hint_crops=crops,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt,
-            added_prompt=added_prompt,
-            strength=strength,
-            attnx_scale=attnx_scale,
-            eta=eta,
-            num_images_per_prompt=num_images_per_prompt,
-            generator=generator,
-            latents=latents,
-            output_type=output_type,
-            return_dict=return_dict,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            keep_unmasked_area=keep_unmasked_area,
-        )
-
-    @torch.no_grad()
-    def generate_from_batch(
-        self,
-        batch: Batch,
-        font_hint_crops: list | None = None,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 7.5,
-        negative_prompt: str | list[str] | None = DEFAULT_NEGATIVE_PROMPT,
-        added_prompt: str | None = DEFAULT_ADDED_PROMPT,
-        strength: float | list[float] = 1.0,
-        attnx_scale: float = 1.0,
-        eta: float = 0.0,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] | None = None,
-        keep_unmasked_area: bool = False,
-    ):
-        """Sample from already-rendered conditions (the data module's ``Batch``: one row per image caption,
-        e.g. validation samples of the training set). Arguments as ``__call__``."""
+        # 0. inputs -> rendered conditions (or the caller's)
+        if batch is None:
+            inputs = (prompt, texts, positions, mode, image, text_prompt, fonts, colors, height, width)
+            batch, font_hint_crops = self.prepare_conditions(*inputs, sort_priority, max_chars)
+        elif any(x is not None for x in (prompt, texts, positions, image, text_prompt)):
+            raise ValueError("give either `batch` or the inputs it is rendered from (prompt, texts, positions ...)")
         # 1. check
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -421,7 +323,7 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             raise ValueError("num_inference_steps and num_images_per_prompt must be >= 1")
         B, n = len(batch), num_images_per_prompt
         H, W = batch.image.shape[-2:]
-        if H % I.SIZE_MULTIPLE or W % I.SIZE_MULTIPLE:
+        if H % SIZE_MULTIPLE or W % SIZE_MULTIPLE:
             raise ValueError(f"image size must be a multiple of 64, got {H}x{W}")
         if isinstance(generator, list) and len(generator) != B * n:
             raise ValueError(f"got {len(generator)} generators for {B * n} images")
@@ -471,13 +373,13 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             keep_noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
         # 5. WriteNet: with fast control its residuals depend on the text conditions only -> once per branch
-        fast = self.controlnet.config.fast_control and not self.recompute_writenet_every_step
+        fast = self.controlnet.config.fast_control and not self.recompute_controlnet_every_step
         scale = strength
 
-        def writenet(sample, t):
-            cond = self.run_writenet(sample, t, text_ctx, glyphs, positions, masked_latents, scale)
+        def controlnet(sample, t):
+            cond = self.run_controlnet(sample, t, text_ctx, glyphs, positions, masked_latents, scale)
             uncond = (
-                self.run_writenet(sample, t, uncond_text_ctx, glyphs, positions, masked_latents, scale)
+                self.run_controlnet(sample, t, uncond_text_ctx, glyphs, positions, masked_latents, scale)
                 if do_cfg
                 else None
             )
@@ -491,7 +393,7 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             both_ctx = torch.cat([uncond_image_ctx, image_ctx])
 
         def residuals(sample, t):
-            cond, uncond = writenet(sample, t)
+            cond, uncond = controlnet(sample, t)
             if not batched:
                 return cond, uncond
             both = _Residuals(
@@ -573,30 +475,3 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
-
-
-def cv2_resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:
-    import cv2
-
-    return arr if arr.shape[:2] == (h, w) else cv2.resize(arr, (w, h))
-
-
-def _mask_size(positions) -> tuple[int, int] | None:
-    """(H, W) of a mask image or the first mask of a list, None for polygons / nothing."""
-    if positions is None:
-        return None
-    first = positions[0] if isinstance(positions, (list, tuple)) and positions else positions
-    if isinstance(first, PIL.Image.Image):
-        return first.size[1], first.size[0]
-    arr = np.squeeze(np.asarray(first.detach().cpu() if isinstance(first, torch.Tensor) else first))
-    if arr.ndim == 2 and arr.shape[1] == 2:
-        return None  # a polygon
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        return arr.shape[1], arr.shape[2]
-    return (arr.shape[0], arr.shape[1]) if arr.ndim >= 2 else None
-
-
-def _sized_like(positions, hw) -> bool:
-    """True when ``positions`` (mask image or masks) has the size ``hw`` or consists of polygons."""
-    size = _mask_size(positions)
-    return size is None or size == tuple(hw)

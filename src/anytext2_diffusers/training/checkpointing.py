@@ -27,9 +27,8 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 
-import torch
-
-from . import deepspeed_engine
+from . import distributed, lora
+from .distributed import any_process, deepspeed_active
 
 logger = logging.getLogger(__name__)
 
@@ -294,24 +293,16 @@ def recover_partials(output_dir: str) -> None:
             logger.warning("restored %s: a swap with a new save of the same step had been interrupted", final)
 
 
-def failed_anywhere(accelerator, failed: bool) -> bool:
-    """Whether ``failed`` holds on any process (a collective when there are several)."""
-    if getattr(accelerator, "num_processes", 1) <= 1:
-        return failed
-    flag = torch.tensor(float(failed), device=accelerator.device)
-    return accelerator.reduce(flag, reduction="sum").item() > 0
-
-
 def save_state_kwargs(accelerator) -> dict:
     """Extra ``accelerator.save_state`` arguments: DeepSpeed's engine leaves the frozen parameters out."""
-    return dict(exclude_frozen_parameters=True) if deepspeed_engine.active(accelerator) else {}
+    return dict(exclude_frozen_parameters=True) if deepspeed_active(accelerator) else {}
 
 
 def load_state_kwargs(accelerator) -> dict:
     """Extra ``accelerator.load_state`` arguments: the engine's module state lacks the frozen parameters
     (see ``save_state_kwargs``), so DeepSpeed must not load it strictly. The trainable components are
     loaded strictly anyway, from their own folders, by the load hook."""
-    return dict(load_module_strict=False) if deepspeed_engine.active(accelerator) else {}
+    return dict(load_module_strict=False) if deepspeed_active(accelerator) else {}
 
 
 def save_checkpoint(accelerator, output_dir: str, state: TrainingState, total_limit: int | None, config=None) -> str:
@@ -351,7 +342,7 @@ def save_checkpoint(accelerator, output_dir: str, state: TrainingState, total_li
                 json.dump(marker, f, indent=1)
         except Exception as err:  # noqa: BLE001 - agreed on below, then re-raised
             error = err
-    if failed_anywhere(accelerator, error is not None):
+    if any_process(accelerator, error is not None):
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         raise error or RuntimeError(f"checkpoint {final} failed on another process (see its log)")
@@ -386,7 +377,7 @@ def load_checkpoint(accelerator, path: str, output_dir: str, fallback: bool = Fa
             accelerator.load_state(path, **load_state_kwargs(accelerator))
         except Exception as err:  # noqa: BLE001 - agreed on below, then named
             error = err
-        if not failed_anywhere(accelerator, error is not None):
+        if not any_process(accelerator, error is not None):
             return path
         if error is not None:
             logger.error("loading %s failed: %s: %s", path, type(error).__name__, error)
@@ -394,3 +385,49 @@ def load_checkpoint(accelerator, path: str, output_dir: str, fallback: bool = Fa
             path = _damaged(path, find_damaged(path), output_dir, fallback)
         except CheckpointDamaged as damaged:
             raise damaged from error
+
+
+def register_hooks(accelerator, saved: list[str]) -> None:
+    """accelerate's save_state/load_state write and read each trainable component named in ``saved`` with
+    save_pretrained (diffusers' train_controlnet.py pattern) instead of one opaque state dict.
+
+    Under FSDP accelerate saves and loads the sharded model itself (the load hook then gets no models); the
+    save hook still writes the components, from the gathered full state dict."""
+
+    def save_hook(models, weights, output_dir):
+        for model in models:
+            full = distributed.gather(accelerator, model)  # collective; None when the module holds them
+            if not accelerator.is_main_process:
+                continue
+            for name in saved:
+                component = getattr(accelerator.unwrap_model(model), name)
+                gathered = None if full is None else distributed.component_state_dict(full, name)
+                if lora.has_adapter(component):  # adapter + fully trained parameters only (small)
+                    folder = os.path.join(output_dir, f"{name}_lora")
+                    lora.save_adapter(component, folder, with_trained_base=True, state_dict=gathered)
+                elif gathered is not None:
+                    distributed.save_component(component, os.path.join(output_dir, name), gathered)
+                else:
+                    component.save_pretrained(os.path.join(output_dir, name))
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            for name in saved:
+                component = getattr(model, name)
+                if lora.has_adapter(component):
+                    lora.load_adapter(component, os.path.join(input_dir, f"{name}_lora"))
+                    continue
+                folder = os.path.join(input_dir, name)
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError(
+                        f"{input_dir} has no {name}/ (was it written with other trainable switches?)"
+                    )
+                loaded = type(component).from_pretrained(input_dir, subfolder=name)
+                component.load_state_dict(loaded.state_dict())
+                del loaded
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

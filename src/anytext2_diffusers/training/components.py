@@ -1,4 +1,4 @@
-"""Build the training components from the configuration.
+"""Build the training components from the configuration, and the training model on them.
 
 Three starting points:
 
@@ -22,12 +22,19 @@ import os
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import cast_training_params
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..conversion.sd15 import anytext2_parts
 from ..models.attnx import AnyText2AttnXModel
+from ..models.controlnet import AnyText2ControlNetModel
 from ..models.ocr import PPOCRRecognizer, convert_onnx
 from ..models.text_embedding import AnyText2TextEmbeddingModel
-from ..models.writenet import AnyText2ControlNetModel
+from ..utils.dtype import cast_model
+from . import lora
+from .precision import align_layer_inputs
+from .step import AnyText2TrainingModel, FrozenParts
+from .trainable import apply_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -93,30 +100,18 @@ def _sd15_parts(config) -> dict:
     )
 
 
-def _new_anytext2_parts(parts: dict, config) -> dict:
-    """WriteNet, AttnX, OCR and text embedding for a plain SD1.5 set of parts."""
-    unet = parts["unet"]
-    ocr = parts.get("ocr") or load_ocr(config.ocr_model_name_or_path)
-    parts = dict(parts)
-    parts["ocr"] = ocr
-    parts["controlnet"] = AnyText2ControlNetModel.from_unet(unet, glyph_scale=config.glyph_scale)
-    parts["attnx"] = AnyText2AttnXModel.from_unet(
-        unet,
-        in_mid_block=config.attnx_mid_block,
-        in_up_blocks=tuple(config.attnx_up_blocks),
-        in_down_blocks=tuple(config.attnx_down_blocks),
-        scale=config.attnx_scale,
+def _new_anytext2_parts(sd15: dict, config) -> dict:
+    """A fresh AnyText2 on SD1.5's parts, placed and sized as ``config`` says."""
+    return anytext2_parts(
+        sd15,
+        load_ocr(config.ocr_model_name_or_path),
+        glyph_scale=config.glyph_scale,
+        attnx_mid_block=config.attnx_mid_block,
+        attnx_up_blocks=tuple(config.attnx_up_blocks),
+        attnx_down_blocks=tuple(config.attnx_down_blocks),
+        attnx_scale=config.attnx_scale,
+        train_font_ocr=config.train_font_ocr,
     )
-    # The font recognizer starts as a copy of the OCR weights (tool_add_anytext.py's add_style_ocr);
-    # without train_font_ocr the reference has no copy and reads fonts with the frozen glyph recognizer.
-    parts["text_embedding"] = AnyText2TextEmbeddingModel.from_text_encoder(
-        parts["text_encoder"],
-        font_recognizer=ocr,
-        style_ocr_trainable=config.train_font_ocr,
-        neck_length=ocr.config.image_width // 8,  # the recognizer's sequence length (40 for PP-OCRv3)
-        neck_dim=ocr.config.neck_dims,
-    )
-    return parts
 
 
 def _anytext2_parts(path: str, config) -> dict:
@@ -164,3 +159,79 @@ def load_components(config) -> dict:
         if parts[name].dtype != torch.float32:
             parts[name] = parts[name].to(torch.float32)
     return parts
+
+
+def use_channels_last(*models) -> None:
+    """NHWC weights for the convolution-heavy models (UNet, WriteNet): faster convolutions on tensor
+    cores under fp16/bf16. Not for the VAE encoder input (it changes its numerics, see step.py)."""
+    for model in models:
+        model.to(memory_format=torch.channels_last)
+
+
+def compile_models(model, backend: str = "inductor", mode: str | None = None) -> None:
+    """``torch.compile`` the UNet and WriteNet of an ``AnyText2TrainingModel`` in place (their
+    ``forward``; AttnX runs inside the UNet's blocks through hooks and is traced with it). In place keeps
+    the parameter names, so checkpoints and ``save_pretrained`` see no ``_orig_mod.`` prefix."""
+    for name in ("unet", "controlnet"):
+        getattr(model, name).compile(backend=backend, mode=mode)
+    logger.info("torch.compile: unet, controlnet (backend=%s, mode=%s)", backend, mode or "default")
+
+
+def _move(model, device, dtype) -> None:
+    """``model.to`` that leaves the dtype alone when it already matches (diffusers warns on every cast)."""
+    model.to(device)
+    if model.dtype != dtype:
+        cast_model(model, dtype)
+
+
+def _upcast_trainable_layers(model) -> None:
+    """Layers holding trainable weights get float32 buffers too: a BatchNorm with float32 weights but
+    half-precision running statistics fails on the CPU and loses precision on the GPU."""
+    for module in model.modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, buf in module.named_buffers(recurse=False):
+                if buf.is_floating_point() and buf.dtype != torch.float32:
+                    setattr(module, name, buf.float())
+
+
+def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype, upcast_buffers: bool = True):
+    """The one model set-up of the loop, the tests and the benchmark: LoRA adapters (``--lora_rank``), the
+    trainable selection, frozen weights in ``weight_dtype`` and trainable ones as float32 masters (with
+    float32 buffers in their layers), gradient checkpointing, channels_last, torch.compile.
+    ``upcast_buffers=False`` (DeepSpeed): the engine casts every parameter to its fp16/bf16 and keeps the
+    float32 masters itself, so the buffers stay in ``weight_dtype`` with their layers' weights.
+    Returns (``AnyText2TrainingModel``, trainable groups)."""
+    trainable = {name: parts[name] for name in TRAINABLE_COMPONENTS}
+    lora.add_adapters(trainable, config)  # before the trainable selection
+    groups = apply_trainable(trainable, config)
+    for name in ("vae", "text_encoder", "ocr"):
+        _move(parts[name], device, weight_dtype)
+    for name, model in trainable.items():
+        half = name in ("unet", "text_embedding", *lora.lora_components(config))
+        _move(model, device, weight_dtype if half else torch.float32)
+        cast_training_params(model, dtype=torch.float32)
+        if upcast_buffers:
+            _upcast_trainable_layers(model)
+    if weight_dtype != torch.float32:  # half-precision frozen layers next to float32 trainable ones
+        align_layer_inputs(*(parts[name] for name in (*TRAINABLE_COMPONENTS, "vae", "text_encoder", "ocr")))
+    if config.gradient_checkpointing:
+        parts["controlnet"].enable_gradient_checkpointing()
+        parts["unet"].enable_gradient_checkpointing()
+    if config.channels_last:
+        use_channels_last(parts["unet"], parts["controlnet"])
+    frozen = FrozenParts(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["ocr"], parts["scheduler"])
+    model = AnyText2TrainingModel(
+        parts["unet"], parts["controlnet"], parts["attnx"], parts["text_embedding"], frozen, config
+    )
+    if config.torch_compile:
+        compile_models(model, config.torch_compile_backend, config.torch_compile_mode)
+    return model, groups
+
+
+def build_training_model(config, device="cpu", dtype=torch.float32, base: dict | None = None):
+    """(AnyText2TrainingModel in train mode, trainable groups, components) without Accelerate, for tests and
+    ``benchmarks/bench_train_step.py``. ``base``: SD1.5 parts (unet, vae, text_encoder, tokenizer,
+    scheduler) to build on instead of ``config``'s model."""
+    parts = load_components(config) if base is None else _new_anytext2_parts(base, config)
+    model, groups = setup_training_model(parts, config, device, dtype)
+    return model.train(), groups, parts

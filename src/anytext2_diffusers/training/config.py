@@ -264,10 +264,6 @@ class TrainingConfig:
         if self.merge_lora_at_end and not self.lora_rank:
             raise ValueError("--merge_lora_at_end needs --lora_rank > 0")
 
-    @property
-    def uses_ocr_losses(self) -> bool:
-        return self.loss_alpha > 0 or self.loss_beta > 0
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -102,14 +102,14 @@ def build_datasets(config) -> tuple[AnyText2TrainDataset, AnyText2TrainDataset |
     return train, val
 
 
-def make_loader(dataset, config, shuffle: bool, batch_size: int | None = None) -> tuple:
-    """(DataLoader, EpochSampler). ``drop_last`` is off: the reference's Lightning loop keeps the last batch."""
-    sampler = EpochSampler(len(dataset), seed=config.seed, shuffle=shuffle)
+def make_loader(dataset, config, shuffle: bool) -> torch.utils.data.DataLoader:
+    """A loader over an ``EpochSampler`` (``loader.set_epoch`` reaches it through accelerate). ``drop_last``
+    is off: the reference's Lightning loop keeps the last batch."""
     workers = config.dataloader_num_workers
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size or config.train_batch_size,
-        sampler=sampler,
+        batch_size=config.train_batch_size,
+        sampler=EpochSampler(len(dataset), seed=config.seed, shuffle=shuffle),
         collate_fn=Collator(config.max_lines),
         num_workers=workers,
         persistent_workers=workers > 0,
@@ -117,4 +117,3 @@ def make_loader(dataset, config, shuffle: bool, batch_size: int | None = None) -
         # The loader draws a base seed per iterator; an explicit generator keeps the global RNG out of it.
         generator=torch.Generator().manual_seed(config.seed),
     )
-    return loader, sampler

@@ -36,6 +36,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .output import save_pipeline_folder
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "default"
@@ -49,7 +51,7 @@ WRITENET_FULL = ("controlnet_down_blocks", "controlnet_mid_block", "fuse_block",
 
 def lora_components(config) -> tuple[str, ...]:
     """The components that get adapters in this run (empty without ``--lora_rank``)."""
-    if not getattr(config, "lora_rank", 0):
+    if not config.lora_rank:
         return ()
     return tuple(name for name in LORA_COMPONENTS if name in config.lora_components)
 
@@ -111,7 +113,7 @@ def save_adapter(
     model: nn.Module, folder: str, with_trained_base: bool = False, state_dict: dict | None = None
 ) -> None:
     """peft adapter folder; ``with_trained_base``: also the fully trained non-adapter parameters (checkpoints).
-    ``state_dict``: the weights to write instead of the model's own (``full_weights.gather``: DeepSpeed's
+    ``state_dict``: the weights to write instead of the model's own (``distributed.gather``: DeepSpeed's
     float32 masters)."""
     os.makedirs(folder, exist_ok=True)
     model.peft_config[ADAPTER_NAME].save_pretrained(folder)
@@ -196,7 +198,7 @@ def _remove_adapter_files(output_dir: str) -> None:
         shutil.rmtree(os.path.join(output_dir, f"{name}_lora"), ignore_errors=True)
 
 
-def save_final(parts: dict, config, save_pipeline_folder: Callable[[dict, str], None]) -> None:
+def save_final(parts: dict, config) -> None:
     """The pipeline folder with base components + adapter files, or (``--merge_lora_at_end``) merged weights."""
     out = config.output_dir
     names = [name for name in LORA_COMPONENTS if has_adapter(parts[name])]
@@ -245,7 +247,7 @@ def load_lora_adapters(pipe, folder: str, adapter_name: str = ADAPTER_NAME) -> l
 
 def _warn_unused_adapter_files(config) -> None:
     """Fine-tuning from a LoRA run's folder loads its base components only: say so."""
-    path = getattr(config, "pretrained_model_name_or_path", None)
+    path = config.pretrained_model_name_or_path
     if not path or not os.path.isdir(path):
         return
     found = [UNET_LORA_WEIGHTS] if os.path.isfile(os.path.join(path, UNET_LORA_WEIGHTS)) else []

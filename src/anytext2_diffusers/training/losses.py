@@ -1,4 +1,5 @@
-"""AnyText2's training loss (the reference ``LatentDiffusion.p_losses`` as ``ControlLDM`` configures it).
+"""AnyText2's training loss (the reference ``LatentDiffusion.p_losses`` as ``ControlLDM`` configures it):
+the masked diffusion loss, and the two OCR losses per text line (CTC and the neck perceptual loss).
 
 Per sample i, with eps the UNet output, x_t the noisy latent and t the timestep::
 
@@ -12,17 +13,143 @@ Per sample i, with eps the UNet output, x_t the noisy latent and t the timestep:
 masks from it and from the original image. ``w(t) = alphas_cumprod[t]`` with ``with_step_weight``, else 1;
 ``lang_w`` is ``latin_weight`` for Latin lines, 1 otherwise. The OCR terms are exactly 0 when their
 weight is 0 (the reference skips them; multiplying an infinite CTC by 0 would give NaN).
+
+Per line: ``CTC(log_softmax(logits), labels, blank=0) / T * lang_w`` (T = 40 steps) and
+``mean((neck(decoded crop) - neck(original crop))^2) * lang_w``. Decoded and original crops go through the
+recognizer in one ``recognize_crops`` call, as in the reference (it matters only if the recognizer were
+in train mode; it runs in eval mode here, frozen, as the reference forces its text_predictor).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
-from ..models.ocr import mean_per_sample, ocr_line_losses
+from ..models.ocr import BLANK_INDEX, crop_lines, recognize_crops, texts_to_labels
+
+# ------------------------------------------------------------------------------ per-line OCR losses
+
+
+def language_weight(language: str, latin_weight: float = 1.0) -> float:
+    """AnyText2: Latin lines get ``latin_weight``, Chinese and every other language 1.0."""
+    return float(latin_weight) if language == "Latin" else 1.0
+
+
+def _weights(weights, n: int, like: torch.Tensor) -> torch.Tensor:
+    if weights is None:
+        return torch.ones(n, device=like.device, dtype=like.dtype)
+    w = torch.as_tensor(weights, device=like.device, dtype=like.dtype)
+    if w.shape != (n,):
+        raise ValueError(f"expected {n} per-line weights, got shape {tuple(w.shape)}")
+    return w
+
+
+def ctc_loss_per_line(
+    logits: torch.Tensor, texts: Sequence[str], characters: Sequence[str], weights=None
+) -> torch.Tensor:
+    """(N,) CTC loss of each line's logits (N, T, C) against its text, divided by T, times its weight.
+
+    Unknown characters count as the last class; a target longer than T gives ``inf`` (as the reference,
+    which does not set ``zero_infinity``)."""
+    if logits.shape[0] != len(texts):
+        raise ValueError(f"{logits.shape[0]} logit rows for {len(texts)} texts")
+    targets, target_lengths = texts_to_labels(texts, characters)
+    n, t = logits.shape[:2]
+    # float32 as under autocast (CPU ctc_loss has no half kernel; half log-probabilities lose the tail)
+    log_probs = logits.float().log_softmax(dim=2).permute(1, 0, 2)
+    input_lengths = torch.full((n,), t, dtype=torch.long)
+    loss = F.ctc_loss(
+        log_probs,
+        targets.to(logits.device),
+        input_lengths.to(logits.device),
+        target_lengths.to(logits.device),
+        blank=BLANK_INDEX,
+        reduction="none",
+    )
+    return loss / t * _weights(weights, n, loss)
+
+
+def ocr_perceptual_loss_per_line(neck: torch.Tensor, neck_target: torch.Tensor, weights=None) -> torch.Tensor:
+    """(N,) mean squared difference of two (N, T, D) neck feature sets, times the per-line weight."""
+    if neck.shape != neck_target.shape:
+        raise ValueError(f"neck shapes differ: {tuple(neck.shape)} vs {tuple(neck_target.shape)}")
+    loss = ((neck.float() - neck_target.float()) ** 2).mean(dim=(1, 2))  # float32 whatever the recognizer's dtype
+    return loss * _weights(weights, neck.shape[0], loss)
+
+
+def mean_per_sample(per_line: torch.Tensor, n_lines: Sequence[int]) -> torch.Tensor:
+    """(B,) mean over each sample's lines (lines sample-major); a sample without lines gives 0."""
+    out, start = [], 0
+    for n in (int(x) for x in n_lines):
+        chunk = per_line[start : start + n]
+        out.append(chunk.mean() if n > 0 else per_line.new_zeros(()))
+        start += n
+    if start != per_line.shape[0]:
+        raise ValueError(f"n_lines sums to {start} but there are {per_line.shape[0]} per-line values")
+    return torch.stack(out) if out else per_line.new_zeros((0,))
+
+
+@dataclass
+class OCRLineLosses:
+    """Per valid line, sample-major: ``perceptual`` (neck MSE x language weight), ``ctc`` (CTC / T x
+    language weight); ``weights`` are the language weights used. Reduce with ``mean_per_sample``."""
+
+    perceptual: torch.Tensor
+    ctc: torch.Tensor
+    weights: torch.Tensor
+
+
+def ocr_line_losses_from_crops(
+    recognizer,
+    decoded_crops: Sequence[torch.Tensor],
+    original_crops: Sequence[torch.Tensor],
+    texts: Sequence[str],
+    languages: Sequence[str],
+    latin_weight: float = 1.0,
+    batch_size: int = 6,
+) -> OCRLineLosses:
+    """Crops are CHW in 0..255; only the decoded crops need to carry gradients."""
+    n = len(decoded_crops)
+    if not (n == len(original_crops) == len(texts) == len(languages)):
+        raise ValueError(
+            f"{n} decoded crops, {len(original_crops)} original crops, {len(texts)} texts, {len(languages)} languages"
+        )
+    out = recognize_crops(recognizer, list(decoded_crops) + list(original_crops), batch_size=batch_size)
+    weights = torch.tensor([language_weight(lang, latin_weight) for lang in languages], device=out.neck.device)
+    return OCRLineLosses(
+        perceptual=ocr_perceptual_loss_per_line(out.neck[:n], out.neck[n:], weights),
+        ctc=ctc_loss_per_line(out.logits[:n], texts, recognizer.characters, weights),
+        weights=weights,
+    )
+
+
+def ocr_line_losses(
+    recognizer,
+    decoded_images: torch.Tensor,
+    original_images: torch.Tensor,
+    positions,
+    n_lines: Sequence[int],
+    texts: Sequence[str],
+    languages: Sequence[str],
+    latin_weight: float = 1.0,
+    batch_size: int = 6,
+) -> OCRLineLosses:
+    """Images (B, 3, H, W) in 0..255 (decoded: clamp(vae.decode(pred_x0), -1, 1) mapped to 0..255);
+    ``positions`` per sample and line (see :func:`crop_lines`); ``texts``/``languages`` per valid line,
+    sample-major."""
+    decoded = crop_lines(decoded_images, positions, n_lines)
+    original = crop_lines(original_images, positions, n_lines)
+    if not decoded:
+        empty = decoded_images.new_zeros((0,))
+        return OCRLineLosses(perceptual=empty, ctc=empty, weights=empty)
+    return ocr_line_losses_from_crops(recognizer, decoded, original, texts, languages, latin_weight, batch_size)
+
+
+# ------------------------------------------------------------------------------ the loss of a batch
 
 
 @dataclass

@@ -1,22 +1,16 @@
-"""The final output folder: a complete ``AnyText2Pipeline`` (``from_pretrained(output_dir)`` loads it).
-
-Written with ``AnyText2Pipeline.save_pretrained`` when the pipeline package is importable; otherwise
-each component's ``save_pretrained`` plus the ``model_index.json`` diffusers would write (same layout).
-The sampler saved is DDIM with the training betas (the reference samples with DDIM).
-"""
+"""The final output folder: a complete ``AnyText2Pipeline`` (``from_pretrained(output_dir)`` loads it), in
+float32, with the reference's DDIM sampler on the training betas (``AnyText2Pipeline.from_parts``)."""
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
 
-import diffusers
 import torch
-from diffusers import DDIMScheduler
 
+from ..pipelines import AnyText2Pipeline
 from ..utils.dtype import cast_model
 
 logger = logging.getLogger(__name__)
@@ -24,28 +18,6 @@ logger = logging.getLogger(__name__)
 MODEL_INDEX = "model_index.json"
 STAGING = ".pipeline.partial"  # the new final folder while it is written
 ASIDE = ".pipeline.old"  # what it replaces, while the new one is moved in
-PIPELINE_COMPONENTS = (
-    "vae",
-    "text_encoder",
-    "tokenizer",
-    "unet",
-    "controlnet",
-    "attnx",
-    "scheduler",
-    "text_embedding",
-    "ocr",
-)
-
-
-def inference_scheduler(noise_scheduler) -> DDIMScheduler:
-    return DDIMScheduler.from_config(noise_scheduler.config, set_alpha_to_one=False, clip_sample=False)
-
-
-def _library(obj) -> str:
-    """diffusers' rule: standard libraries by name, other classes by their module path."""
-    module = type(obj).__module__
-    top = module.split(".")[0]
-    return top if top in ("diffusers", "transformers") else module
 
 
 class FinalSaveError(RuntimeError):
@@ -100,24 +72,6 @@ def _put_back(output_dir: str) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _write(components: dict, folder: str) -> None:
-    try:
-        from ..pipelines import AnyText2Pipeline
-    except ImportError:
-        AnyText2Pipeline = None
-    if AnyText2Pipeline is not None:
-        AnyText2Pipeline(**components).save_pretrained(folder)
-        return
-    os.makedirs(folder, exist_ok=True)
-    index = {"_class_name": "AnyText2Pipeline", "_diffusers_version": diffusers.__version__}
-    for name, component in components.items():
-        component.save_pretrained(os.path.join(folder, name))
-        index[name] = [_library(component), type(component).__name__]
-    with open(os.path.join(folder, MODEL_INDEX), "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2)
-    logger.info("AnyText2Pipeline is not importable here: wrote the components and model_index.json by hand")
-
-
 def save_pipeline_folder(parts: dict, output_dir: str) -> None:
     """Components in float32 under ``output_dir`` + ``model_index.json``; checkpoints and logs are left alone.
 
@@ -125,11 +79,11 @@ def save_pipeline_folder(parts: dict, output_dir: str) -> None:
     ``model_index.json`` last, so a failure (a full disk) or a kill never leaves a folder that loads as a
     half-written model, and a failure while writing leaves the previous contents as they were
     (``FinalSaveError`` states the space needed)."""
-    components = {name: parts[name] for name in PIPELINE_COMPONENTS if name != "scheduler"}
-    components["scheduler"] = inference_scheduler(parts["scheduler"])
-    for name, model in components.items():
+    for model in parts.values():
         if isinstance(model, torch.nn.Module) and model.dtype != torch.float32:
-            components[name] = cast_model(model, torch.float32)
+            cast_model(model, torch.float32)
+    pipe = AnyText2Pipeline.from_parts(parts)
+    components = pipe.components
     os.makedirs(output_dir, exist_ok=True)
     _put_back(output_dir)  # a swap interrupted by a kill in an earlier run
     staging = os.path.join(output_dir, STAGING)
@@ -139,7 +93,7 @@ def save_pipeline_folder(parts: dict, output_dir: str) -> None:
         free = shutil.disk_usage(output_dir).free
         if free < needed:
             raise OSError(errno.ENOSPC, "not enough free space (checked before writing)")
-        _write(components, staging)
+        pipe.save_pretrained(staging)
     except Exception as err:
         shutil.rmtree(staging, ignore_errors=True)
         free = shutil.disk_usage(output_dir).free

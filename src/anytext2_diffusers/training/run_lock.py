@@ -147,7 +147,7 @@ def lock_output_dir(accelerator, output_dir: str):
     """The run's lock: taken by the main process only (the others write nothing outside checkpoints,
     which the main process coordinates); every process learns whether it was refused and raises together,
     so none waits alone in a collective. Use as ``with lock_output_dir(...):``."""
-    from .checkpointing import failed_anywhere
+    from .distributed import any_process
 
     lock, error = None, None
     if accelerator.is_main_process:
@@ -155,6 +155,6 @@ def lock_output_dir(accelerator, output_dir: str):
             lock = OutputLock(output_dir).acquire()
         except OutputDirLocked as err:
             error = err
-    if failed_anywhere(accelerator, error is not None):
+    if any_process(accelerator, error is not None):
         raise error or OutputDirLocked(f"{output_dir} is in use by another run (see the main process's log)")
     return lock if lock is not None else _NoLock()

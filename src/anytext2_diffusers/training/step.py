@@ -5,21 +5,121 @@ submodules, so a single ``accelerator.prepare`` (one DDP wrapper) covers them, A
 inside the UNet through hooks, never through its own forward). The frozen parts (VAE, CLIP, the OCR
 recognizer) are held outside the module tree: DDP neither broadcasts nor inspects them.
 
-Randomness comes from an explicit ``torch.Generator`` (CPU, so runs are reproducible across devices):
-the two VAE posterior samples, the noise and the timesteps, in that order. A list of generators (one per
-sample, ``speed.sample_generators``) makes the draws independent of how a batch is split over processes.
+Randomness comes from explicit CPU ``torch.Generator``s (runs are reproducible across devices): the two
+VAE posterior samples, the noise and the timesteps, in that order. ``sample_generators`` gives one per
+sample, seeded by (seed, optimizer step, dataset index), so 1 process x 2B samples and 2 processes x B
+samples draw the same numbers (DDP averages the per-process mean losses into the same global mean).
+
+The latent cache keeps the VAE posterior (mean, std) of each target image, keyed by dataset index:
+target images are never augmented (``AnyText2TrainDataset`` only resizes them), so their posterior is a
+constant of the record; the posterior *sample* is still drawn every step from the sample's generator,
+so the loss is the same with and without the cache. The masked image of a generation-mode sample is
+all -1, so its posterior is one constant; edit-mode masked images depend on the drawn lines and are
+encoded live.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..models.conditioning import AnyText2CaptionEncoder
-from . import speed
 from .losses import LossOutput, LossSettings, OCRTargets, min_snr_weights, offset_noise, p_losses
+
+
+def derive_seed(*key: int) -> int:
+    """A 63-bit seed that is a pure function of ``key`` (numpy's ``SeedSequence``): the one seeding rule of
+    training, for per-sample generators and for the global RNG of each micro-step."""
+    word = np.random.SeedSequence([int(k) for k in key]).generate_state(1, dtype=np.uint64)[0]
+    return int(word) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def sample_generators(seed: int, step: int, indices) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by (seed, optimizer step, dataset index)."""
+    return [torch.Generator().manual_seed(derive_seed(seed, step, i)) for i in torch.as_tensor(indices).tolist()]
+
+
+def randn(shape: tuple, generator, device=None) -> torch.Tensor:
+    """(n, *shape) normal draws: from one generator, or one row per generator of a list."""
+    if isinstance(generator, (list, tuple)):
+        out = torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+    else:
+        out = torch.randn(shape, generator=generator)
+    return out.to(device)
+
+
+def randint(high: int, n: int, generator, device=None) -> torch.Tensor:
+    if isinstance(generator, (list, tuple)):
+        out = torch.cat([torch.randint(0, high, (1,), generator=g) for g in generator])
+    else:
+        out = torch.randint(0, high, (n,), generator=generator)
+    return out.to(device)
+
+
+class LatentCache:
+    """The constant generation-mode masked posterior (an all -1 image: always computed once per size), and
+    with ``cache_images`` (``--cache_latents``) the VAE posteriors (mean, std) of target images by dataset
+    index; held on the CPU in the VAE's dtype (64 KiB per 512 px sample in fp16).
+
+    One cache per process; each fills it with the samples it sees, so from the second epoch on the VAE
+    encoder runs only for edit-mode masked images. Posterior samples are still drawn every step."""
+
+    def __init__(self, cache_images: bool = True):
+        self.cache_images = cache_images
+        self.images: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.blank: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def posteriors(self, batch, encode) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """((mean, std) of the images, (mean, std) of the masked images) for ``batch``; ``encode`` maps
+        a float image batch in [-1, 1] to (mean, std). Everything not cached goes through one VAE call."""
+        n = len(batch)
+        shape = tuple(batch.image.shape[1:])
+        if self.cache_images:
+            if batch.index is None:
+                raise ValueError("--cache_latents needs Batch.index (the dataset index of every sample)")
+            keys = batch.index.tolist()
+            missing, seen = [], set()  # first row of each uncached index (an index may repeat in a batch)
+            for i, key in enumerate(keys):
+                if key not in self.images and key not in seen:
+                    seen.add(key)
+                    missing.append(i)
+        else:
+            keys, missing = None, list(range(n))
+        edit = batch.edit_mode.tolist()
+        edit_rows = [i for i in range(n) if edit[i]]
+        need_blank = not all(edit) and shape not in self.blank
+        parts = []
+        if missing:
+            parts.append(batch.image_float()[missing])
+        if edit_rows:
+            parts.append(batch.masked_image_float()[edit_rows])
+        if need_blank:
+            parts.append(torch.full((1, *shape), -1.0))
+        mean = std = None
+        if parts:
+            mean, std = encode(torch.cat(parts))
+            mean, std = mean.cpu(), std.cpu()
+        self.hits += n - len(missing)
+        self.misses += len(missing)
+        k = len(missing)
+        if self.cache_images:
+            for j, i in enumerate(missing):
+                self.images[keys[i]] = (mean[j].clone(), std[j].clone())
+            image = tuple(torch.stack([self.images[key][c] for key in keys]) for c in (0, 1))
+        else:
+            image = (mean[:n], std[:n])
+        live = {i: (mean[k + j], std[k + j]) for j, i in enumerate(edit_rows)}
+        if need_blank:
+            self.blank[shape] = (mean[-1].clone(), std[-1].clone())
+        masked = tuple(torch.stack([live[i][c] if edit[i] else self.blank[shape][c] for i in range(n)]) for c in (0, 1))
+        return image, masked
 
 
 @dataclass
@@ -93,15 +193,15 @@ class AnyText2TrainingModel(nn.Module):
         self.loss_settings = LossSettings.from_config(config)
         self.only_mid_control = bool(config.only_mid_control)
         self.attnx_scale = float(config.attnx_scale)
-        self.control_scales = control_scales_for(controlnet, getattr(config, "control_scales", [1.0]))
+        self.control_scales = control_scales_for(controlnet, config.control_scales)
         self.train_text_embedding = bool(config.train_text_embedding)
         self.train_font_ocr = bool(config.train_font_ocr)
-        self.snr_gamma = getattr(config, "snr_gamma", None)
-        self.noise_offset = float(getattr(config, "noise_offset", 0.0))
-        self.font_ocr_train_mode = bool(getattr(config, "font_ocr_train_mode", True))
+        self.snr_gamma = config.snr_gamma
+        self.noise_offset = float(config.noise_offset)
+        self.font_ocr_train_mode = bool(config.font_ocr_train_mode)
         # The constant generation-mode masked posterior is computed once; with --cache_latents also the
         # target images' posteriors (training mode only; validation encodes them live).
-        self.latent_cache = speed.LatentCache(cache_images=bool(getattr(config, "cache_latents", False)))
+        self.latent_cache = LatentCache(cache_images=bool(config.cache_latents))
         if not attnx.is_attached:
             attnx.attach(unet)
 
@@ -140,10 +240,10 @@ class AnyText2TrainingModel(nn.Module):
         shape = (n, *mean.shape[1:])
         # Image noise first, masked-image noise second (the reference's order).
         if isinstance(generator, (list, tuple)):
-            pairs = speed.randn((n, 2, *shape[1:]), generator)
+            pairs = randn((n, 2, *shape[1:]), generator)
             eps = torch.cat([pairs[:, 0], pairs[:, 1]]).to(vae.device)
         else:
-            eps = torch.cat([speed.randn(shape, generator), speed.randn(shape, generator)]).to(vae.device)
+            eps = torch.cat([randn(shape, generator), randn(shape, generator)]).to(vae.device)
         latents = (mean.float() + std.float() * eps) * vae.config.scaling_factor
         return latents[:n], latents[n:]
 
@@ -170,11 +270,11 @@ class AnyText2TrainingModel(nn.Module):
         latents, masked_latents = self.encode_images(batch, generator)
         image_context, text_context = self.encode_lines_and_captions(batch)
         scheduler = self.frozen.noise_scheduler
-        noise = speed.randn(latents.shape, generator, latents.device)
+        noise = randn(latents.shape, generator, latents.device)
         n = latents.shape[0]
-        timesteps = speed.randint(scheduler.config.num_train_timesteps, n, generator, latents.device)
+        timesteps = randint(scheduler.config.num_train_timesteps, n, generator, latents.device)
         if self.noise_offset:  # drawn after the timesteps: without the option every draw stays as before
-            noise = offset_noise(noise, self.noise_offset, speed.randn(latents.shape[:2], generator, latents.device))
+            noise = offset_noise(noise, self.noise_offset, randn(latents.shape[:2], generator, latents.device))
         x_noisy = scheduler.add_noise(latents, noise, timesteps)
         eps = predict_noise(
             self.unet,

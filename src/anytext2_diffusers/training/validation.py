@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..data import collate_samples
 from ..data.fonts import BUNDLED_FONT_DIR
 from ..models.ocr import crop_line_by_mask
+from ..pipelines import AnyText2Pipeline
 
 logger = logging.getLogger(__name__)
 COLUMNS = ("source", "reconstruction", "masked image", "glyphs", "positions", "generated", "OCR: target -> read")
@@ -119,38 +120,18 @@ def _to_u8(images: torch.Tensor) -> np.ndarray:
 
 
 def _pipeline(parts: dict):
-    """``AnyText2Pipeline`` over the training components with a DDIM sampler, or None when unavailable."""
-    try:
-        from ..pipelines import AnyText2Pipeline
-    except ImportError as err:
-        logger.warning("validation: AnyText2Pipeline not available (%s); no generated samples", err)
-        return None
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(parts["scheduler"].config, set_alpha_to_one=False, clip_sample=False)
-    pipe = AnyText2Pipeline(
-        vae=parts["vae"],
-        text_encoder=parts["text_encoder"],
-        tokenizer=parts["tokenizer"],
-        unet=parts["unet"],
-        controlnet=parts["controlnet"],
-        attnx=parts["attnx"],
-        scheduler=scheduler,
-        text_embedding=parts["text_embedding"],
-        ocr=parts["ocr"],
-    )
+    """``AnyText2Pipeline`` over the training components (the one parts -> pipeline path), quiet."""
+    pipe = AnyText2Pipeline.from_parts(parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
-    """(B, H, W, 3) uint8 samples from ``AnyText2Pipeline`` (CFG), or None when the pipeline is unavailable."""
+def generate_samples(parts: dict, batch, config) -> np.ndarray:
+    """(B, H, W, 3) uint8 samples of ``AnyText2Pipeline`` (CFG) on the batch's rendered conditions."""
     pipe = _pipeline(parts)
-    if pipe is None:
-        return None
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(batch))]
-    out = pipe.generate_from_batch(
-        batch,
+    out = pipe(
+        batch=batch,
         num_inference_steps=config.validation_num_inference_steps,
         guidance_scale=config.validation_guidance_scale,
         generator=generators,
@@ -212,13 +193,11 @@ def _prompt_pairs(config) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def prompt_grid(parts: dict, config) -> np.ndarray | None:
+def prompt_grid(parts: dict, config) -> np.ndarray:
     """``--validation_prompt`` samples: a header, then per prompt its position image, the sample generated
     with the quoted texts at the drawn regions (CFG, fixed seed), and the prompt with the OCR reading of each
-    line. None when the pipeline is unavailable."""
+    line."""
     pipe = _pipeline(parts)
-    if pipe is None:
-        return None
     from ..pipelines.inputs import positions_to_masks
 
     size = config.resolution
@@ -272,11 +251,10 @@ def run_validation(accelerator, model, parts: dict, loader, dataset, config, ste
         if config.validation_prompt:
             try:
                 grid = prompt_grid(parts, config)
-                if grid is not None:
-                    folder = os.path.join(config.output_dir, "validation")
-                    os.makedirs(folder, exist_ok=True)
-                    Image.fromarray(grid).save(os.path.join(folder, f"prompts-step-{step:06d}.png"))
-                    log_images(accelerator, "v/prompt_images", grid, step, PROMPT_COLUMNS)
+                folder = os.path.join(config.output_dir, "validation")
+                os.makedirs(folder, exist_ok=True)
+                Image.fromarray(grid).save(os.path.join(folder, f"prompts-step-{step:06d}.png"))
+                log_images(accelerator, "v/prompt_images", grid, step, PROMPT_COLUMNS)
             except Exception as err:  # noqa: BLE001 - validation must not end a training run
                 logger.warning("validation prompts at step %d failed: %s", step, err)
         if dataset is None:

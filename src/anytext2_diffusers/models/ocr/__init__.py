@@ -1,4 +1,5 @@
-"""PP-OCRv3 text recognition for AnyText2: the network, real weights, line cropping, CTC decode and losses."""
+"""PP-OCRv3 text recognition for AnyText2: the network, real weights, line cropping, CTC decode (the OCR losses
+of training live in ``training/losses.py``)."""
 
 from .convert import (
     OCRConversionError,
@@ -19,13 +20,6 @@ from .crop import (
     umeyama_similarity,
 )
 from .decoding import ctc_greedy_decode, ctc_greedy_ids
-from .line_losses import OCRLineLosses, ocr_line_losses, ocr_line_losses_from_crops
-from .losses import (
-    ctc_loss_per_line,
-    language_weight,
-    mean_per_sample,
-    ocr_perceptual_loss_per_line,
-)
 from .modeling_ppocr import PPOCRRecognizer, PPOCRRecognizerOutput
 from .preprocess import (
     RecognitionResult,
@@ -47,7 +41,6 @@ from .vocab import (
 __all__ = [
     "BLANK_INDEX",
     "OCRConversionError",
-    "OCRLineLosses",
     "PPOCRRecognizer",
     "PPOCRRecognizerOutput",
     "RecognitionResult",
@@ -58,17 +51,11 @@ __all__ = [
     "crop_lines",
     "ctc_greedy_decode",
     "ctc_greedy_ids",
-    "ctc_loss_per_line",
     "default_onnx_path",
-    "language_weight",
     "load_anytext2_ocr_state_dict",
     "load_character_list",
-    "mean_per_sample",
     "min_area_box_from_mask",
     "min_area_box_from_polygon",
-    "ocr_line_losses",
-    "ocr_line_losses_from_crops",
-    "ocr_perceptual_loss_per_line",
     "prepare_crops",
     "read_dictionary",
     "read_onnx_characters",
