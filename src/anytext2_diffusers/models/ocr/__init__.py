@@ -1,4 +1,4 @@
-"""PP-OCRv3 text recognition for AnyText2: the network, real weights, line cropping, CTC decode and losses."""
+"""PP-OCRv3 for AnyText2: text recognition (network, real weights, line cropping, CTC decode, losses) and detection."""
 
 from .convert import (
     OCRConversionError,
@@ -18,7 +18,8 @@ from .crop import (
     rectify_box,
     umeyama_similarity,
 )
-from .decoding import ctc_greedy_decode, ctc_greedy_ids
+from .decoding import ctc_greedy_decode, ctc_greedy_decode_with_scores, ctc_greedy_ids
+from .detection import DBPostProcessConfig, PPOCRDetector, boxes_from_probability_map, default_det_onnx_path
 from .line_losses import OCRLineLosses, ocr_line_losses, ocr_line_losses_from_crops
 from .losses import (
     ctc_loss_per_line,
@@ -56,7 +57,12 @@ __all__ = [
     "crop_line_by_mask",
     "crop_line_by_polygon",
     "crop_lines",
+    "DBPostProcessConfig",
+    "PPOCRDetector",
+    "boxes_from_probability_map",
     "ctc_greedy_decode",
+    "ctc_greedy_decode_with_scores",
+    "default_det_onnx_path",
     "ctc_greedy_ids",
     "ctc_loss_per_line",
     "default_onnx_path",
