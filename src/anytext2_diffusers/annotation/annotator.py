@@ -32,6 +32,9 @@ class AnnotateConfig:
     languages: str = "auto"  # "auto" (per line), or "Chinese" / "Latin" for every line
     batch_size: int = 16  # recognizer crops per forward pass
     device: str = "cpu"
+    det_limit_side_len: int = 960
+    det_limit_type: str = "max"  # PaddleOCR's rule; see detection.resize_for_detection
+    rec_bgr: bool = True  # crops in BGR order, as PaddleOCR reads (its models were trained on cv2 images)
 
     def __post_init__(self):
         if self.languages not in ("auto", "Chinese", "Latin"):
@@ -60,10 +63,15 @@ def _canvas_ratio(crop: torch.Tensor, base_ratio: float) -> float:
 
 
 @torch.no_grad()
-def read_crops(recognizer, crops: list[torch.Tensor], batch_size: int = 16) -> tuple[list[str], list[float]]:
-    """Texts and confidences of upright crops (CHW, 0..255), batched by canvas width."""
+def read_crops(
+    recognizer, crops: list[torch.Tensor], batch_size: int = 16, bgr: bool = True
+) -> tuple[list[str], list[float]]:
+    """Texts and confidences of upright RGB crops (CHW, 0..255), batched by canvas width; ``bgr``
+    flips them to BGR first (PaddleOCR's order)."""
     if not crops:
         return [], []
+    if bgr:
+        crops = [c.flip(0) for c in crops]
     height, width = recognizer.config.image_height, recognizer.config.image_width
     base = width / height
     ratios = [_canvas_ratio(c, base) for c in crops]
@@ -96,7 +104,15 @@ class Annotator:
         from ..models.ocr import PPOCRDetector, convert_onnx
 
         self.config = config or AnnotateConfig()
-        self.detector = detector if detector is not None else PPOCRDetector(device=self.config.device)
+        self.detector = (
+            detector
+            if detector is not None
+            else PPOCRDetector(
+                device=self.config.device,
+                limit_side_len=self.config.det_limit_side_len,
+                limit_type=self.config.det_limit_type,
+            )
+        )
         recognizer = recognizer if recognizer is not None else convert_onnx()
         self.recognizer = recognizer.to(self.config.device).eval()
         if self.recognizer.characters is None:
@@ -126,7 +142,7 @@ class Annotator:
                 for box in kept:
                     crops.append(crop_line_by_polygon(tensor, box))
                     owners.append((k, box))
-        texts, scores = read_crops(self.recognizer, crops, cfg.batch_size)
+        texts, scores = read_crops(self.recognizer, crops, cfg.batch_size, cfg.rec_bgr)
         for (k, box), text, score in zip(owners, texts, scores):
             text = text.strip()
             if not text:

@@ -27,6 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--languages", default="auto", choices=["auto", "Chinese", "Latin"], help="auto: Chinese if CJK, else Latin"
     )
+    ap.add_argument("--det_limit_side_len", type=int, default=960, help="detector input size (--det_limit_type)")
+    ap.add_argument(
+        "--det_limit_type",
+        default="max",
+        choices=["max", "min", "resize_long"],
+        help="max: shrink the longer side to at most --det_limit_side_len (PaddleOCR); min: enlarge the shorter "
+        "side to at least it (RapidOCR); resize_long: scale the longer side to it",
+    )
     ap.add_argument("--batch_size", type=int, default=16, help="images per detection batch and crops per read")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
@@ -49,6 +57,8 @@ def main(argv=None) -> int:
             languages=args.languages,
             batch_size=args.batch_size,
             device=args.device,
+            det_limit_side_len=args.det_limit_side_len,
+            det_limit_type=args.det_limit_type,
         )
         run = AnnotateRun(
             images=args.images,

@@ -56,17 +56,21 @@ class DBPostProcessConfig:
     unclip_ratio: float = 1.5
     max_candidates: int = 1000
     min_size: float = 3.0
+    use_dilation: bool = False  # grow the binary map by a 2x2 kernel first (RapidOCR turns this on)
 
 
 def resize_for_detection(height: int, width: int, limit_side_len: int = 960, limit_type: str = "max"):
-    """Network input size: ``max`` shrinks so the longer side is at most ``limit_side_len`` (``min``
-    enlarges so the shorter side is at least that), then each side is rounded to a multiple of 32."""
+    """Network input size: ``max`` shrinks so the longer side is at most ``limit_side_len``, ``min``
+    enlarges so the shorter side is at least that (RapidOCR's rule), ``resize_long`` scales the longer
+    side to exactly that; then each side is rounded to a multiple of 32."""
     if limit_type == "max":
         ratio = limit_side_len / max(height, width) if max(height, width) > limit_side_len else 1.0
+    elif limit_type == "resize_long":
+        ratio = limit_side_len / max(height, width)
     elif limit_type == "min":
         ratio = limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
     else:
-        raise ValueError(f"limit_type must be 'max' or 'min', got {limit_type!r}")
+        raise ValueError(f"limit_type must be 'max', 'min' or 'resize_long', got {limit_type!r}")
     new_h = max(int(round(height * ratio / 32) * 32), 32)
     new_w = max(int(round(width * ratio / 32) * 32), 32)
     return new_h, new_w
@@ -107,6 +111,8 @@ def boxes_from_probability_map(
     cfg = config or DBPostProcessConfig()
     h, w = prob.shape
     bitmap = (prob > cfg.thresh).astype(np.uint8) * 255
+    if cfg.use_dilation:
+        bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     boxes, scores = [], []
     for contour in contours[: cfg.max_candidates]:
