@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,17 @@ def test_caption_files(tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(CaptionFileError, match=r"bad.jsonl: line 1: not JSON"):
         read_captions(str(bad))
+
+
+def test_cv2_is_the_headless_build():
+    """rapidocr-onnxruntime (for its ONNX files) is installed --no-deps: its GUI opencv-python must not
+    replace the core opencv-python-headless's cv2 (see docs/own_data.md, .ci/run)."""
+    from importlib import metadata
+
+    names = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
+    assert "opencv-python-headless" in names
+    assert "opencv-python" not in names, "GUI opencv-python installed: pip uninstall opencv-python, reinstall headless"
+    assert re.search(r"GUI: +NONE", cv2.getBuildInformation()), "cv2 is not the headless build"
 
 
 # ------------------------------------------------------------------------------------------------

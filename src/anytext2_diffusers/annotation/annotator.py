@@ -138,7 +138,8 @@ class Annotator:
                 kept = [kept[i] for i in top]
             results.append(ImageAnnotation([], dropped))
             if kept:
-                tensor = torch.from_numpy(image).permute(2, 0, 1).to(self.config.device, torch.float32)
+                pixels = image if image.flags.writeable else image.copy()
+                tensor = torch.from_numpy(pixels).permute(2, 0, 1).to(self.config.device, torch.float32)
                 for box in kept:
                     crops.append(crop_line_by_polygon(tensor, box))
                     owners.append((k, box))
