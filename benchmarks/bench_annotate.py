@@ -10,7 +10,10 @@ annotated line is matched one-to-one to a true line at polygon IoU >= 0.5; recal
 share of matched lines read exactly are printed for our pipeline (CLI defaults unless overridden) and
 for RapidOCR's own PP-OCRv3 det(+cls)+rec pipeline with its defaults (when rapidocr_onnxruntime
 imports). Speed: ``annotate_folders`` over demo images, end to end (decoding workers, detection,
-crops, recognition, JSON), after one warm-up run. The last line printed is one JSON object.
+crops, recognition, JSON), after a warm-up run on a quarter of the images; peak RSS after the
+warm-up and after the full run shows memory does not grow with the number of images.
+``--runtime_comparison`` times the recognizer ONNX in onnxruntime against our torch port (the
+measurement behind running the detector in onnxruntime). The last line printed is one JSON object.
 """
 
 import argparse
@@ -65,6 +68,35 @@ def rapidocr_accuracy(items):
     return acc, None
 
 
+def runtime_comparison(recognizer, repeats=5):
+    """The recognizer (same PP-OCRv3 family as the detector) in onnxruntime vs our torch port, one
+    batch of 16 crops at 48 x 320, best of ``repeats``: the evidence for running the detector in
+    onnxruntime rather than porting it to torch."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from anytext2_diffusers.models.ocr import default_onnx_path
+
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 3, 48, 320)).astype(np.float32)
+    session = ort.InferenceSession(str(default_onnx_path()), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    timings = {}
+    for label, fn in (
+        ("onnxruntime_ms", lambda: session.run(None, {name: x})),
+        ("torch_ms", lambda: recognizer(torch.from_numpy(x))),
+    ):
+        best = float("inf")
+        with torch.no_grad():
+            fn()
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t)
+        timings[label] = round(best * 1000, 1)
+    return timings
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--accuracy_images", type=int, default=40, help="images per accuracy set (0: skip)")
@@ -76,6 +108,7 @@ def main():
     ap.add_argument("--det_limit_side_len", type=int, default=None)
     ap.add_argument("--det_limit_type", default=None)
     ap.add_argument("--no_rapidocr", action="store_true")
+    ap.add_argument("--runtime_comparison", action="store_true", help="recognizer: onnxruntime vs torch")
     a = ap.parse_args()
     overrides = {"det_limit_side_len": a.det_limit_side_len, "det_limit_type": a.det_limit_type}
     overrides = {k: v for k, v in overrides.items() if v}
@@ -86,6 +119,9 @@ def main():
         t = time.perf_counter()
         annotator = Annotator(config)
         result["load_s"] = round(time.perf_counter() - t, 2)
+        if a.runtime_comparison:
+            result["recognizer_batch16"] = runtime_comparison(annotator.recognizer)
+            print("recognizer, batch of 16:", result["recognizer_batch16"], flush=True)
         if a.accuracy_images:
             sets = {
                 "demo": _truth(make_demo_data(os.path.join(tmp, "demo"), a.accuracy_images, seed=a.seed)),
@@ -103,8 +139,13 @@ def main():
             img_dir = os.path.join(img_dir, "imgs")
             out = os.path.join(tmp, "speed_out")
             os.makedirs(out)
-            warm = AnnotateRun([img_dir], os.path.join(out, "warm.json"), config=config, num_workers=a.num_workers)
+            warm_dir = os.path.join(tmp, "warm_imgs")
+            os.makedirs(warm_dir)
+            for name in sorted(os.listdir(img_dir))[: max(1, a.speed_images // 4)]:
+                shutil.copy(os.path.join(img_dir, name), warm_dir)
+            warm = AnnotateRun([warm_dir], os.path.join(out, "warm.json"), config=config, num_workers=a.num_workers)
             annotate_folders(warm, annotator)
+            result["peak_rss_mb_after_quarter"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             run = AnnotateRun([img_dir], os.path.join(out, "data.json"), config=config, num_workers=a.num_workers)
             t = time.perf_counter()
             summary = annotate_folders(run, annotator)
