@@ -115,7 +115,8 @@ def annotate_folders(
 
     records, skipped, dropped = _load_state(run)
     todo = [i for i, e in enumerate(entries) if e.name not in records and e.name not in skipped]
-    annotator = annotator or Annotator(run.config)
+    if todo and annotator is None:  # loading the models takes seconds: only when there is work
+        annotator = Annotator(run.config)
     data_root = _data_root(root, run.output)
 
     def snapshot(final: bool):
