@@ -107,11 +107,15 @@ def main():
     ap.add_argument("--num_workers", type=int, default=2)
     ap.add_argument("--det_limit_side_len", type=int, default=None)
     ap.add_argument("--det_limit_type", default=None)
+    ap.add_argument("--paddleocr_detector", action="store_true", help="PaddleOCR's 960 / max / 0.6 / 1.5 / no dilation")
     ap.add_argument("--no_rapidocr", action="store_true")
     ap.add_argument("--runtime_comparison", action="store_true", help="recognizer: onnxruntime vs torch")
     a = ap.parse_args()
     overrides = {"det_limit_side_len": a.det_limit_side_len, "det_limit_type": a.det_limit_type}
     overrides = {k: v for k, v in overrides.items() if v}
+    if a.paddleocr_detector:
+        overrides.update(det_limit_side_len=960, det_limit_type="max", det_box_thresh=0.6, det_unclip_ratio=1.5)
+        overrides["det_use_dilation"] = False
     config = AnnotateConfig(device=a.device, batch_size=a.batch_size, **overrides)
     result = {"device": a.device, "config": vars(config).copy()}
     tmp = tempfile.mkdtemp(prefix="bench_annotate_")

@@ -27,13 +27,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--languages", default="auto", choices=["auto", "Chinese", "Latin"], help="auto: Chinese if CJK, else Latin"
     )
-    ap.add_argument("--det_limit_side_len", type=int, default=960, help="detector input size (--det_limit_type)")
-    ap.add_argument(
+    det = ap.add_argument_group(
+        "text detector", "defaults: RapidOCR's settings; PaddleOCR's are 960, max, 0.6, 1.5, --no-det_use_dilation"
+    )
+    det.add_argument("--det_limit_side_len", type=int, default=736, help="detector input size (--det_limit_type)")
+    det.add_argument(
         "--det_limit_type",
-        default="max",
+        default="min",
         choices=["max", "min", "resize_long"],
-        help="max: shrink the longer side to at most --det_limit_side_len (PaddleOCR); min: enlarge the shorter "
-        "side to at least it (RapidOCR); resize_long: scale the longer side to it",
+        help="min: enlarge the shorter side to at least --det_limit_side_len; max: shrink the longer side to at "
+        "most it; resize_long: scale the longer side to it",
+    )
+    det.add_argument("--det_box_thresh", type=float, default=0.5, help="mean text probability to keep a box")
+    det.add_argument("--det_unclip_ratio", type=float, default=1.6, help="box growth (area * ratio / perimeter)")
+    det.add_argument(
+        "--det_use_dilation", action=argparse.BooleanOptionalAction, default=True, help="dilate the text map 2x2"
     )
     ap.add_argument("--batch_size", type=int, default=16, help="images per detection batch and crops per read")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -59,6 +67,9 @@ def main(argv=None) -> int:
             device=args.device,
             det_limit_side_len=args.det_limit_side_len,
             det_limit_type=args.det_limit_type,
+            det_box_thresh=args.det_box_thresh,
+            det_unclip_ratio=args.det_unclip_ratio,
+            det_use_dilation=args.det_use_dilation,
         )
         run = AnnotateRun(
             images=args.images,
