@@ -84,6 +84,13 @@ class TrainingConfig:
     )
     attnx_down_blocks: list = _opt([], "down_blocks with AttnX (reference input_attnx).", nargs="*", type=int)
     attnx_scale: float = _opt(1.0, "Scale of the AttnX terms.")
+    control_scales: list = _opt(
+        [1.0] * 13,
+        "Scale of each WriteNet residual as the UNet receives it (12 down + mid; the reference's control_scales); "
+        "one value scales all.",
+        nargs="+",
+        type=float,
+    )
     loss_alpha: float = _opt(0.0, "Weight of the OCR perceptual loss (the paper uses 0.003).")
     loss_beta: float = _opt(0.0, "Weight of the OCR CTC loss.")
     latin_weight: float = _opt(1.0, "Weight of Latin lines in the OCR losses.")

@@ -34,6 +34,7 @@ CARD_SETTINGS = (
     "train_text_embedding",
     "train_font_ocr",
     "attnx_scale",
+    "control_scales",
     "loss_alpha",
     "loss_beta",
     "latin_weight",
