@@ -10,8 +10,8 @@ annotated line is matched one-to-one to a true line at polygon IoU >= 0.5; recal
 share of matched lines read exactly are printed for our pipeline (CLI defaults unless overridden) and
 for RapidOCR's own PP-OCRv3 det(+cls)+rec pipeline with its defaults (when rapidocr_onnxruntime
 imports). Speed: ``annotate_folders`` over demo images, end to end (decoding workers, detection,
-crops, recognition, JSON), after a warm-up run on a quarter of the images; peak RSS after the
-warm-up and after the full run shows memory does not grow with the number of images.
+crops, recognition, JSON), after a warm-up run on a quarter of the images (at least one full batch);
+peak RSS after the warm-up and after the full run shows whether memory grows with the number of images.
 ``--runtime_comparison`` times the recognizer ONNX in onnxruntime against our torch port (the
 measurement behind running the detector in onnxruntime). The last line printed is one JSON object.
 """
@@ -145,11 +145,11 @@ def main():
             os.makedirs(out)
             warm_dir = os.path.join(tmp, "warm_imgs")
             os.makedirs(warm_dir)
-            for name in sorted(os.listdir(img_dir))[: max(1, a.speed_images // 4)]:
+            for name in sorted(os.listdir(img_dir))[: max(a.batch_size, a.speed_images // 4)]:
                 shutil.copy(os.path.join(img_dir, name), warm_dir)
             warm = AnnotateRun([warm_dir], os.path.join(out, "warm.json"), config=config, num_workers=a.num_workers)
             annotate_folders(warm, annotator)
-            result["peak_rss_mb_after_quarter"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            result["peak_rss_mb_after_warmup"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             run = AnnotateRun([img_dir], os.path.join(out, "data.json"), config=config, num_workers=a.num_workers)
             t = time.perf_counter()
             summary = annotate_folders(run, annotator)

@@ -174,6 +174,9 @@ class PPOCRDetector:
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         options = ort.SessionOptions()
+        # Input sizes vary from batch to batch; onnxruntime's CPU arena keeps every block it ever grew
+        # to, so without it memory stays flat over a long run (measured in docs/own_data.md).
+        options.enable_cpu_mem_arena = False
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
