@@ -35,6 +35,8 @@ EXTRAS = {
     "wandb": ["wandb"],
     # DeepSpeed ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml); tests/test_deepspeed.py runs it on CPU processes.
     "deepspeed": ["deepspeed>=0.19.8,<0.20"],
+    # --use_8bit_adam: bitsandbytes' AdamW8bit; from 0.50 it also runs on CPUs (tests/test_training_options.py).
+    "bnb": ["bitsandbytes>=0.50"],
     # The browser app (anytext2-app, examples/gradio_app.py); gradio_client comes with gradio.
     "app": ["gradio>=6,<7"],
 }
@@ -45,6 +47,7 @@ EXTRAS["test"] = sorted(
         + EXTRAS["eval"]
         + EXTRAS["deepspeed"]
         + EXTRAS["app"]
+        + EXTRAS["bnb"]
         # drives Debian's chromium in tests/test_app_browser.py (the browser itself comes from apt, see .ci/run)
         + ["pytest>=7", "pytest-timeout>=2", "selenium>=4.20,<5"]
     )
@@ -68,6 +71,7 @@ setup(
     entry_points={
         "console_scripts": [
             "anytext2-annotate=anytext2_diffusers.annotation.cli:main",
+            "anytext2-convert=anytext2_diffusers.conversion.cli:main",
             "anytext2-convert-ocr=anytext2_diffusers.models.ocr.convert:main",
             "anytext2-export-dataset=anytext2_diffusers.data.cli:export_main",
             "anytext2-make-demo-data=anytext2_diffusers.data.cli:make_demo_data_main",

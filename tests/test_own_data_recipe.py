@@ -80,7 +80,7 @@ def test_annotate_preview_and_export(annotated, photos, tmp_path, capsys):
     # ... and pushed as a Hub dataset (datasets' push_to_hub writes the card with its `configs:`).
     pushed = []
     with mock.patch.object(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append((repo, kw, len(self)))):
-        assert export_main(["--train_data", annotated["train"], "--push_to_hub", "me/my-signs"]) == 0
+        assert export_main(["--train_data", annotated["train"], "--push_to_hub", "--hub_model_id", "me/my-signs"]) == 0
     assert [(repo, kw["split"], kw["private"], n) for repo, kw, n in pushed] == [("me/my-signs", "train", True, 4)]
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import yaml
 
+from ..utils.cli import ArgumentParser, add_dataclass_arguments, option
+from ..utils.cli import options_markdown as _options_markdown
 
-def _opt(default, help: str, **kw):
-    """A field whose metadata becomes its argparse options (``type``, ``nargs``, ``choices``)."""
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda d=default: list(d), metadata=dict(help=help, **kw))
-    return field(default=default, metadata=dict(help=help, **kw))
+_opt = option
 
 
 @dataclass
@@ -45,6 +43,12 @@ class TrainingConfig:
     # --- data ---------------------------------------------------------------------------------
     train_data: list = _opt(
         [], "AnyWord annotation JSON files, a Parquet export folder or a Hub dataset id.", nargs="+", type=str
+    )
+    dataset_name: str | None = _opt(
+        None,
+        "Hub dataset id, or a folder written by anytext2-export, loaded through datasets (diffusers' name for "
+        "a one-source --train_data; the two are exclusive).",
+        type=str,
     )
     validation_data: list = _opt(
         [],
@@ -128,6 +132,9 @@ class TrainingConfig:
         choices=["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"],
     )
     lr_warmup_steps: int = _opt(0, "Warm-up steps of the schedule.")
+    lr_num_cycles: int = _opt(1, "Hard restarts of cosine_with_restarts (diffusers' num_cycles).")
+    lr_power: float = _opt(1.0, "Power of the polynomial schedule.")
+    use_8bit_adam: bool = _opt(False, "bitsandbytes' 8-bit AdamW (pip install anytext2-diffusers[bnb]).")
     adam_beta1: float = _opt(0.9, "AdamW beta1.")
     adam_beta2: float = _opt(0.999, "AdamW beta2.")
     adam_weight_decay: float = _opt(0.01, "AdamW weight decay (torch's default, as the reference).")
@@ -143,6 +150,13 @@ class TrainingConfig:
     seed: int = _opt(0, "Seed of the data order, noise, timesteps and dropout (one seed, exact resume).")
     use_ema: bool = _opt(False, "Keep an EMA of the trainable weights (saved as the final weights).")
     ema_decay: float = _opt(0.9999, "EMA decay.")
+    snr_gamma: float | None = _opt(
+        None,
+        "Min-SNR weighting of the diffusion term (Hang et al. 2023; 5.0 is the usual value); off: the reference's "
+        "unweighted loss.",
+        type=float,
+    )
+    noise_offset: float = _opt(0.0, "Scale of a per-channel constant added to the training noise (0: off).")
     max_nonfinite_steps: int = _opt(5, "Stop (with a checkpoint) after this many non-finite losses in a row.")
     # --- speed (docs/scaling.md) --------------------------------------------------------------
     cache_latents: bool = _opt(
@@ -175,10 +189,22 @@ class TrainingConfig:
         type=int,
     )
     checkpoints_total_limit: int | None = _opt(3, "Keep at most this many checkpoints.", type=int)
-    resume_from_checkpoint: str | None = _opt(None, "A checkpoint folder or 'latest'.", type=str)
+    resume_from_checkpoint: str | None = _opt(
+        None, "A checkpoint folder or 'latest' (the newest intact one; damaged ones are skipped).", type=str
+    )
+    reset_lr_scheduler: bool = _opt(
+        False,
+        "On resume, use this run's --learning_rate/--lr_scheduler/--lr_warmup_steps/--scale_lr (else a change "
+        "is refused): the restored schedule keeps its position and takes the new base rate.",
+    )
+    fallback_to_previous_checkpoint: bool = _opt(
+        False, "On resume, when the checkpoint is damaged, resume from the previous complete one instead of stopping."
+    )
     # --- logging & validation -----------------------------------------------------------------
     report_to: str = _opt(
-        "tensorboard", "tensorboard | wandb | all | none.", choices=["tensorboard", "wandb", "all", "none"]
+        "tensorboard",
+        "Tracker(s) accelerate logs to: one of its trackers (tensorboard, wandb, comet_ml, mlflow, aim, clearml, "
+        "dvclive, ...), several comma-separated, all, or none.",
     )
     logging_dir: str = _opt("logs", "Tracker folder, relative to output_dir.")
     tracker_project_name: str = _opt("anytext2", "Tracker project / run group name.")
@@ -186,6 +212,20 @@ class TrainingConfig:
     validation_steps: int | None = _opt(1000, "Validate every N optimizer steps (and always at the end).", type=int)
     num_validation_images: int = _opt(4, "Validation samples to draw (and validation batches' images to log).")
     max_validation_batches: int = _opt(4, "Validation batches for the v/* losses.")
+    validation_prompt: list = _opt(
+        [],
+        "Captions sampled at each validation with the texts in double quotes, e.g. 'a sign that reads \"OPEN\"' "
+        "(no validation split needed); logged as the v/prompt_images grid.",
+        nargs="+",
+        type=str,
+    )
+    validation_image: list = _opt(
+        [],
+        "Position images for --validation_prompt (white regions on black, one per quoted line, in reading order): "
+        "one per prompt, or one for all.",
+        nargs="+",
+        type=str,
+    )
     validation_num_inference_steps: int = _opt(20, "Sampler steps for validation images.")
     validation_guidance_scale: float = _opt(9.0, "CFG scale for validation images (the reference logs 9.0).")
     # --- hub ----------------------------------------------------------------------------------
@@ -217,6 +257,10 @@ class TrainingConfig:
                 "--unlock_qkv trains the UNet's q/k/v in full; with --lora_rank the UNet's attention trains as "
                 "LoRA adapters instead: drop --unlock_qkv (or 'unet' from --lora_components)"
             )
+        if self.dataset_name:
+            if self.train_data and list(self.train_data) != [self.dataset_name]:
+                raise ValueError("--dataset_name and --train_data both name the training data: give one")
+            self.train_data = [self.dataset_name]
         if self.merge_lora_at_end and not self.lora_rank:
             raise ValueError("--merge_lora_at_end needs --lora_rank > 0")
 
@@ -258,59 +302,25 @@ DEMO_PRESET = dict(
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train AnyText2 (WriteNet, AttnX, text embedding) with Accelerate.",
-        argument_default=argparse.SUPPRESS,  # only what the user typed overrides the YAML file
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="anytext2-train",
+        usage="%(prog)s [--demo] [--config FILE.yaml] [--OPTION VALUE ...]",
+        description="Train AnyText2 (WriteNet, AttnX, text embedding) with Accelerate. Options are grouped as in "
+        "docs/training.md; --config FILE.yaml takes the same keys.",
     )
-    parser.add_argument("--config", type=str, help="YAML file with the same keys as the options below.")
-    for f in fields(TrainingConfig):
-        meta = dict(f.metadata)
-        help_text = meta.pop("help")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if isinstance(default, bool):
-            parser.add_argument(
-                f"--{f.name}", action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {default})"
-            )
-            continue
-        meta.setdefault("type", type(default) if default is not None else str)
-        parser.add_argument(f"--{f.name}", help=f"{help_text} (default: {default})", **meta)
+    parser.add_argument(
+        "--config", type=str, default=argparse.SUPPRESS, help="YAML file with the same keys as the options below."
+    )
+    # SUPPRESS: only what the user typed overrides the YAML file and the --demo preset
+    add_dataclass_arguments(parser, TrainingConfig, defaults=False)
     return parser
 
 
 def options_markdown() -> str:
     """The "All options" tables of docs/training.md, generated from the dataclass (sections follow its
-    ``# --- name ---`` comments), so the documentation cannot drift from the parser."""
-    import inspect
-    import re
-
-    source = inspect.getsource(TrainingConfig)
-    section_of, current = {}, "options"
-    for line in source.splitlines():
-        heading = re.match(r"\s+# --- (.+?) -+$", line)
-        if heading:
-            current = heading.group(1)
-            continue
-        name = re.match(r"\s+(\w+): .*= _opt\(", line)
-        if name:
-            section_of[name.group(1)] = current
-    out, last = [], None
-    for f in fields(TrainingConfig):
-        section = section_of.get(f.name, "options")
-        if section != last:
-            out += [
-                "",
-                f"**{section[0].upper() + section[1:]}**",
-                "",
-                "| option | default | meaning |",
-                "| --- | --- | --- |",
-            ]
-            last = section
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = f"`--{f.name}` / `--no-{f.name}`" if isinstance(default, bool) else f"`--{f.name}`"
-        help_text = f.metadata["help"].replace("|", "\\|")
-        out.append(f"| {flag} | `{default}` | {help_text} |")
-    return "\n".join(out).strip() + "\n"
+    ``# --- name ---`` comments, as the --help groups do), so the documentation cannot drift from the parser."""
+    return _options_markdown(TrainingConfig)
 
 
 def load_yaml(path: str) -> dict:

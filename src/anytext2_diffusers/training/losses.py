@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
 
 from ..models.ocr import mean_per_sample, ocr_line_losses
 
@@ -97,6 +98,19 @@ def masked_eps_loss(model_output: torch.Tensor, target: torch.Tensor, inv_mask: 
     return (err * (1.0 - mask)).mean(dim=(1, 2, 3))
 
 
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+    """(B,) Min-SNR-gamma weights of an epsilon-prediction loss, min(SNR(t), gamma) / SNR(t), as diffusers'
+    training examples compute them (``--snr_gamma``; Hang et al. 2023)."""
+    snr = compute_snr(noise_scheduler, timesteps).float()
+    return torch.clamp(snr, max=snr_gamma) / snr
+
+
+def offset_noise(noise: torch.Tensor, noise_offset: float, draws: torch.Tensor) -> torch.Tensor:
+    """``--noise_offset``: noise plus a constant per sample and channel, ``noise_offset * draws`` with
+    ``draws`` (B, C) standard normal (diffusers' examples; lets the model shift an image's mean brightness)."""
+    return noise + noise_offset * draws.to(noise.device, noise.dtype)[:, :, None, None]
+
+
 def predict_x0(x_noisy: torch.Tensor, timesteps: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor):
     """x0 from an epsilon prediction: sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps."""
     a = alphas_cumprod.to(device=x_noisy.device, dtype=torch.float32)[timesteps].view(-1, 1, 1, 1)
@@ -157,10 +171,14 @@ def p_losses(
     vae=None,
     recognizer=None,
     targets: OCRTargets | None = None,
+    simple_weights: torch.Tensor | None = None,
 ) -> LossOutput:
     """The full loss of one batch (see the module docstring); ``vae``, ``recognizer`` and ``targets``
-    are needed only when ``loss_alpha`` or ``loss_beta`` is positive."""
+    are needed only when ``loss_alpha`` or ``loss_beta`` is positive. ``simple_weights`` (B,) multiply the
+    diffusion term only (Min-SNR); None leaves it as the reference computes it."""
     simple = masked_eps_loss(model_output, noise, inv_mask)
+    if simple_weights is not None:
+        simple = simple * simple_weights.to(simple.device, simple.dtype)
     ocr = ctc = torch.zeros_like(simple)
     pred_x0 = decoded = None
     if settings.uses_ocr:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..models.conditioning import AnyText2CaptionEncoder
 from . import speed
-from .losses import LossOutput, LossSettings, OCRTargets, p_losses
+from .losses import LossOutput, LossSettings, OCRTargets, min_snr_weights, offset_noise, p_losses
 
 
 @dataclass
@@ -96,6 +96,8 @@ class AnyText2TrainingModel(nn.Module):
         self.control_scales = control_scales_for(controlnet, getattr(config, "control_scales", [1.0]))
         self.train_text_embedding = bool(config.train_text_embedding)
         self.train_font_ocr = bool(config.train_font_ocr)
+        self.snr_gamma = getattr(config, "snr_gamma", None)
+        self.noise_offset = float(getattr(config, "noise_offset", 0.0))
         self.font_ocr_train_mode = bool(getattr(config, "font_ocr_train_mode", True))
         # The constant generation-mode masked posterior is computed once; with --cache_latents also the
         # target images' posteriors (training mode only; validation encodes them live).
@@ -171,6 +173,8 @@ class AnyText2TrainingModel(nn.Module):
         noise = speed.randn(latents.shape, generator, latents.device)
         n = latents.shape[0]
         timesteps = speed.randint(scheduler.config.num_train_timesteps, n, generator, latents.device)
+        if self.noise_offset:  # drawn after the timesteps: without the option every draw stays as before
+            noise = offset_noise(noise, self.noise_offset, speed.randn(latents.shape[:2], generator, latents.device))
         x_noisy = scheduler.add_noise(latents, noise, timesteps)
         eps = predict_noise(
             self.unet,
@@ -197,4 +201,5 @@ class AnyText2TrainingModel(nn.Module):
             vae=self.frozen.vae,
             recognizer=self.frozen.ocr,
             targets=OCRTargets.from_batch(batch) if self.loss_settings.uses_ocr else None,
+            simple_weights=min_snr_weights(scheduler, timesteps, self.snr_gamma) if self.snr_gamma else None,
         )

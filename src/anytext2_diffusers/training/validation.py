@@ -1,16 +1,18 @@
 """Validation: v/* losses on held-out batches, and one image grid for the trackers.
 
-Grid columns per validation sample: source with its line outlines and texts, VAE reconstruction,
-masked image, glyphs, position hint, a sample generated through ``AnyText2Pipeline`` with classifier-
-free guidance, and the OCR reading of each generated line next to its target. Validation runs on the
-main process with the unwrapped model and a fixed generator, so its numbers are comparable across
-steps; a failure in it is logged and never stops training.
+Grid columns per validation sample (named in a header strip of the image): source with its line
+outlines and texts, VAE reconstruction, masked image, glyphs, position hint, a sample generated
+through ``AnyText2Pipeline`` with classifier-free guidance, and the OCR reading of each generated
+line next to its target. Validation runs on the main process with the unwrapped model and a fixed
+generator, so its numbers are comparable across steps; a failure in it is logged and never stops
+training.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 
 import cv2
 import numpy as np
@@ -91,13 +93,33 @@ def _text_panel(lines: list[str], size: int) -> np.ndarray:
     return np.asarray(pil)
 
 
+def header_row(columns, size: int) -> np.ndarray:
+    """A white strip with each column's name centred over its tile, so a grid reads without the docs."""
+    height = max(16, size // 8)
+    pil = Image.new("RGB", (size * len(columns), height), (255, 255, 255))
+    draw = ImageDraw.Draw(pil)
+    font = _font(max(8, int(height * 0.6)))
+    for i, name in enumerate(columns):
+        left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
+        x = i * size + max(0, (size - (right - left)) // 2)
+        draw.text((x, (height - (bottom - top)) // 2 - top), name, fill=(0, 0, 0), font=font)
+    return np.asarray(pil)
+
+
+def ocr_lines(texts: list[str], reads: list[str] | None) -> list[str]:
+    """``target -> read`` per line; ``?`` before any sample exists, ``(nothing read)`` for an empty reading."""
+    if reads is None:
+        return [f"{t} -> ?" for t in texts]
+    return [f"{t} -> {r if r.strip() else '(nothing read)'}" for t, r in zip(texts, reads)]
+
+
 def _to_u8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
-    """(B, H, W, 3) uint8 samples from ``AnyText2Pipeline`` (CFG), or None when the pipeline is unavailable."""
+def _pipeline(parts: dict):
+    """``AnyText2Pipeline`` over the training components with a DDIM sampler, or None when unavailable."""
     try:
         from ..pipelines import AnyText2Pipeline
     except ImportError as err:
@@ -118,6 +140,14 @@ def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
         ocr=parts["ocr"],
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
+    """(B, H, W, 3) uint8 samples from ``AnyText2Pipeline`` (CFG), or None when the pipeline is unavailable."""
+    pipe = _pipeline(parts)
+    if pipe is None:
+        return None
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(batch))]
     out = pipe.generate_from_batch(
         batch,
@@ -131,7 +161,7 @@ def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
 
 @torch.no_grad()
 def validation_grid(model, parts: dict, dataset, config, device) -> np.ndarray:
-    """One row per validation sample, the columns of ``COLUMNS`` (uint8 HxWx3)."""
+    """A header naming the columns of ``COLUMNS``, then one row per validation sample (uint8 HxWx3)."""
     n = min(config.num_validation_images, len(dataset))
     batch = collate_samples([dataset[(0, i)] for i in range(n)], config.max_lines).to(device)
     size = config.resolution
@@ -157,21 +187,67 @@ def validation_grid(model, parts: dict, dataset, config, device) -> np.ndarray:
             _mask_u8(batch.glyphs[b, 0]),
             _mask_u8(batch.position[b, :, 0].any(dim=0)),
         ]
-        lines = [f"{t} -> ?" for t in texts]
+        lines = ocr_lines(texts, None)
         if generated is not None:
             tiles.append(generated[b])
             gen = torch.from_numpy(generated[b]).permute(2, 0, 1).float()
             crops = [crop_line_by_mask(gen, positions[j].cpu()) for j in range(k)]
-            reads = parts["ocr"].read(crops) if crops else []
-            lines = [f"{t} -> {r}" for t, r in zip(texts, reads)]
+            lines = ocr_lines(texts, parts["ocr"].read(crops) if crops else [])
         else:
             tiles.append(np.zeros((size, size, 3), np.uint8))
         tiles.append(_text_panel(lines, size))
         rows.append(np.concatenate([_tile(t, size) for t in tiles], axis=1))
-    return np.concatenate(rows, axis=0)
+    return np.concatenate([header_row(COLUMNS, size), *rows], axis=0)
 
 
-def log_images(accelerator, tag: str, image: np.ndarray, step: int) -> None:
+PROMPT_COLUMNS = ("positions", "generated", "prompt, OCR")
+
+
+def _prompt_pairs(config) -> list[tuple[str, str]]:
+    images = list(config.validation_image)
+    prompts = list(config.validation_prompt)
+    if len(images) == 1:
+        images = images * len(prompts)
+    return list(zip(prompts, images))
+
+
+@torch.no_grad()
+def prompt_grid(parts: dict, config) -> np.ndarray | None:
+    """``--validation_prompt`` samples: a header, then per prompt its position image, the sample generated
+    with the quoted texts at the drawn regions (CFG, fixed seed), and the prompt with the OCR reading of each
+    line. None when the pipeline is unavailable."""
+    pipe = _pipeline(parts)
+    if pipe is None:
+        return None
+    from ..pipelines.inputs import positions_to_masks
+
+    size = config.resolution
+    rows = []
+    for i, (prompt, image_path) in enumerate(_prompt_pairs(config)):
+        position = Image.open(image_path).convert("L").resize((size, size), Image.NEAREST)
+        out = pipe(
+            prompt,
+            positions=position,
+            height=size,
+            width=size,
+            num_inference_steps=config.validation_num_inference_steps,
+            guidance_scale=config.validation_guidance_scale,
+            generator=torch.Generator().manual_seed(config.seed + i),
+            output_type="np",
+        )
+        generated = (np.asarray(out.images[0]) * 255).round().astype(np.uint8)
+        texts = re.findall(r'"([^"]+)"', prompt)
+        masks = positions_to_masks(position, (size, size))[: len(texts)]  # the regions the pipeline wrote into
+        gen = torch.from_numpy(generated).permute(2, 0, 1).float()
+        crops = [crop_line_by_mask(gen, torch.from_numpy(m.astype(np.float32))) for m in masks]
+        reads = parts["ocr"].read(crops) if crops else []
+        lines = [prompt[:40], *ocr_lines(texts[: len(reads)], reads)]
+        tiles = [np.asarray(position), generated, _text_panel(lines, size)]
+        rows.append(np.concatenate([_tile(t, size) for t in tiles], axis=1))
+    return np.concatenate([header_row(PROMPT_COLUMNS, size), *rows], axis=0)
+
+
+def log_images(accelerator, tag: str, image: np.ndarray, step: int, columns=COLUMNS) -> None:
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image(tag, image, step, dataformats="HWC")
@@ -179,18 +255,32 @@ def log_images(accelerator, tag: str, image: np.ndarray, step: int) -> None:
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({tag: wandb.Image(image, caption=" | ".join(COLUMNS))}, step=step)
+            tracker.log({tag: wandb.Image(image, caption=" | ".join(columns))}, step=step)
 
 
 def run_validation(accelerator, model, parts: dict, loader, dataset, config, step: int) -> dict[str, float]:
-    """Losses + image grid (main process); returns the v/* scalars (empty without validation data)."""
-    if dataset is None:
+    """Losses + image grid (main process) and the --validation_prompt grid; returns the v/* scalars (empty
+    without validation data)."""
+    if dataset is None and not config.validation_prompt:
         return {}
     # Eval mode throughout: in train mode the pipeline's text embedding would update the font
     # recognizer's BatchNorm statistics, so validating would change the model.
     was_training = model.training
     model.eval()
+    scalars = {}
     try:
+        if config.validation_prompt:
+            try:
+                grid = prompt_grid(parts, config)
+                if grid is not None:
+                    folder = os.path.join(config.output_dir, "validation")
+                    os.makedirs(folder, exist_ok=True)
+                    Image.fromarray(grid).save(os.path.join(folder, f"prompts-step-{step:06d}.png"))
+                    log_images(accelerator, "v/prompt_images", grid, step, PROMPT_COLUMNS)
+            except Exception as err:  # noqa: BLE001 - validation must not end a training run
+                logger.warning("validation prompts at step %d failed: %s", step, err)
+        if dataset is None:
+            return scalars
         scalars = validation_losses(model, loader, config.max_validation_batches, config.seed, accelerator.device)
         if config.num_validation_images > 0:
             try:
