@@ -21,8 +21,12 @@ CORE = [
 ]
 
 EXTRAS = {
-    # PP-OCRv3 real weights ship inside rapidocr-onnxruntime; onnx/onnxruntime read and check them.
-    "ocr": ["rapidocr-onnxruntime==1.2.3", "onnx>=1.15", "onnxruntime>=1.17"],
+    # PP-OCRv3 real weights (recognizer and text detector) ship inside rapidocr-onnxruntime==1.2.3, which
+    # requires the GUI opencv-python that fights the core opencv-python-headless over cv2. We only read
+    # its ONNX files, so it is installed on its own without dependencies (README, .ci/run):
+    #   pip install --no-deps rapidocr-onnxruntime==1.2.3
+    # onnx reads the recognizer for conversion; onnxruntime runs the detector (anytext2-annotate).
+    "ocr": ["onnx>=1.15", "onnxruntime>=1.17"],
     # Traditional/simplified Chinese split of the dataset (pure-Python OpenCC).
     "data": ["opencc-python-reimplemented>=0.1.7"],
     "eval": ["scipy>=1.10"],
@@ -66,6 +70,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
+            "anytext2-annotate=anytext2_diffusers.annotation.cli:main",
             "anytext2-convert=anytext2_diffusers.conversion.cli:main",
             "anytext2-convert-ocr=anytext2_diffusers.models.ocr.convert:main",
             "anytext2-export-dataset=anytext2_diffusers.data.cli:export_main",

@@ -72,8 +72,11 @@ def _background(rng, size):
     return im.filter(ImageFilter.GaussianBlur(1.5))
 
 
-def _draw_line(im, rng, text, font_path, color, vertical, occupied, size):
-    """Draw one line somewhere free; returns its polygon (int corners) or None if no room."""
+def _draw_line(im, rng, text, font_path, color, vertical, occupied, size, angle=None):
+    """Draw one line somewhere free; returns its polygon (int corners) or None if no room.
+
+    ``angle`` (degrees, counter-clockwise) defaults to a random draw: 0 for vertical lines and 40 % of
+    the others, else uniform in [-35, 35]."""
     fs = int(rng.integers(24, 56))
     font = load_font(font_path, fs)
     if vertical:
@@ -83,7 +86,8 @@ def _draw_line(im, rng, text, font_path, color, vertical, occupied, size):
     else:
         l, t, r, b = font.getbbox(text)
         tw, th = r - l + 8, b - t + 8
-    angle = 0.0 if vertical or rng.random() < 0.4 else float(rng.uniform(-35, 35))
+    if angle is None:
+        angle = 0.0 if vertical or rng.random() < 0.4 else float(rng.uniform(-35, 35))
     layer = Image.new("RGBA", (tw, th), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
     if vertical:
@@ -214,6 +218,48 @@ def make_demo_data(
     data = [make_record(rng, resolution, f"{i:06d}.jpg", img_dir, hi, lo, pools) for i in range(n)]
     if with_faults:
         data += _fault_records(img_dir, resolution)
+    path = os.path.join(out_dir, json_name)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"data_root": "imgs", "data_list": data}, f, ensure_ascii=False)
+    return path
+
+
+def make_rotated_line_data(
+    out_dir: str,
+    n: int = 8,
+    seed: int = 0,
+    resolution: int = 512,
+    max_angle: float = 60.0,
+    vertical_prob: float = 0.3,
+    lines_per_image: int = 4,
+    json_name: str = "data_v1.2b.json",
+) -> str:
+    """Like ``make_demo_data`` but every horizontal line is turned by an angle uniform in
+    [-max_angle, max_angle] and a share ``vertical_prob`` of the lines are vertical Chinese (a test
+    set for text detection and reading); every drawn line is valid. Returns the JSON path."""
+    img_dir = os.path.join(out_dir, "imgs")
+    os.makedirs(img_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    data = []
+    for i in range(n):
+        im = _background(rng, resolution)
+        occupied, anns = [], []
+        for _ in range(lines_per_image):
+            vertical = rng.random() < vertical_prob
+            if vertical or rng.random() < 0.5:
+                text, lang = CHINESE_WORDS[int(rng.integers(len(CHINESE_WORDS)))], "Chinese"
+                font = CJK_FONTS[int(rng.integers(len(CJK_FONTS)))]
+            else:
+                text, lang = LATIN_WORDS[int(rng.integers(len(LATIN_WORDS)))], "Latin"
+                font = LATIN_FONTS[int(rng.integers(len(LATIN_FONTS)))]
+            angle = 0.0 if vertical else float(rng.uniform(-max_angle, max_angle))
+            color = [int(v) for v in rng.integers(0, 256, 3)]
+            poly = _draw_line(im, rng, text, str(BUNDLED_FONT_DIR / font), color, vertical, occupied, resolution, angle)
+            if poly is not None:
+                anns.append({"polygon": poly, "text": text, "language": lang, "color": color, "valid": True})
+        name = f"rot{i:05d}.jpg"
+        im.save(os.path.join(img_dir, name), quality=92)
+        data.append({"img_name": name, "caption": "rotated and vertical text", "annotations": anns})
     path = os.path.join(out_dir, json_name)
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"data_root": "imgs", "data_list": data}, f, ensure_ascii=False)

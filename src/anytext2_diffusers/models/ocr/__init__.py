@@ -1,5 +1,5 @@
-"""PP-OCRv3 text recognition for AnyText2: the network, real weights, line cropping, CTC decode (the OCR losses
-of training live in ``training/losses.py``)."""
+"""PP-OCRv3 for AnyText2: text recognition (the network, real weights, line cropping, CTC decode) and text
+detection (DBNet in onnxruntime). The OCR losses of training live in ``training/losses.py``."""
 
 from .convert import (
     OCRConversionError,
@@ -19,7 +19,8 @@ from .crop import (
     rectify_box,
     umeyama_similarity,
 )
-from .decoding import ctc_greedy_decode, ctc_greedy_ids
+from .decoding import ctc_greedy_decode, ctc_greedy_decode_with_scores, ctc_greedy_ids
+from .detection import DBPostProcessConfig, PPOCRDetector, boxes_from_probability_map, default_det_onnx_path
 from .modeling_ppocr import PPOCRRecognizer, PPOCRRecognizerOutput
 from .preprocess import (
     RecognitionResult,
@@ -49,7 +50,12 @@ __all__ = [
     "crop_line_by_mask",
     "crop_line_by_polygon",
     "crop_lines",
+    "DBPostProcessConfig",
+    "PPOCRDetector",
+    "boxes_from_probability_map",
     "ctc_greedy_decode",
+    "ctc_greedy_decode_with_scores",
+    "default_det_onnx_path",
     "ctc_greedy_ids",
     "default_onnx_path",
     "load_anytext2_ocr_state_dict",

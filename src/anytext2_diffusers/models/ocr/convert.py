@@ -13,9 +13,9 @@ parts of a full checkpoint already use our key names; loading is strict and upca
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +36,15 @@ class OCRConversionError(RuntimeError):
 
 
 def default_onnx_path() -> Path:
-    """``ch_PP-OCRv3_rec_infer.onnx`` inside the installed rapidocr-onnxruntime package."""
-    try:
-        root = resources.files(RAPIDOCR_PACKAGE)
-    except ModuleNotFoundError:
+    """``ch_PP-OCRv3_rec_infer.onnx`` inside the installed rapidocr-onnxruntime package (found, not
+    imported: it is installed without its GUI OpenCV dependency)."""
+    spec = importlib.util.find_spec(RAPIDOCR_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise OCRConversionError(
-            f"{RAPIDOCR_PACKAGE} is not installed: pip install 'anytext2-diffusers[ocr]' "
+            f"{RAPIDOCR_PACKAGE} is not installed: pip install --no-deps rapidocr-onnxruntime==1.2.3 "
             "(or pass --onnx PATH to a ch_PP-OCRv3_rec_infer.onnx file)"
-        ) from None
-    path = Path(str(root.joinpath(RAPIDOCR_REC_MODEL)))
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / RAPIDOCR_REC_MODEL
     if not path.is_file():
         raise OCRConversionError(f"{path} not found in the installed {RAPIDOCR_PACKAGE} package")
     return path

@@ -29,3 +29,18 @@ def ctc_greedy_decode(logits: torch.Tensor, characters: Sequence[str], blank: in
     if logits.shape[-1] != len(characters):
         raise ValueError(f"scores have {logits.shape[-1]} classes but the character table has {len(characters)}")
     return [ids_to_text(ids, characters) for ids in ctc_greedy_ids(logits, blank)]
+
+
+def ctc_greedy_decode_with_scores(
+    logits: torch.Tensor, characters: Sequence[str], blank: int = BLANK_INDEX
+) -> tuple[list[str], list[float]]:
+    """Greedy decode plus PaddleOCR's line confidence: the mean softmax probability of the kept
+    (non-blank, non-repeated) steps, 0.0 for an empty reading."""
+    texts = ctc_greedy_decode(logits, characters, blank)
+    probs = logits.detach().float().softmax(dim=-1).cpu()
+    best_p, best = probs.max(dim=-1)
+    keep = torch.ones_like(best, dtype=torch.bool)
+    keep[:, 1:] = best[:, 1:] != best[:, :-1]
+    keep &= best != blank
+    scores = [float(p[k].mean()) if bool(k.any()) else 0.0 for p, k in zip(best_p, keep)]
+    return texts, scores

@@ -1,0 +1,168 @@
+"""anytext2-annotate: speed (images/s, peak RSS) and accuracy against known lines, beside RapidOCR.
+
+    python benchmarks/bench_annotate.py --speed_images 32 [--device cuda]
+    python benchmarks/bench_annotate.py --accuracy_images 40 [--det_limit_type min --det_limit_side_len 736]
+
+Accuracy sets: ``anytext2-make-demo-data`` images (512 px, 0-7 lines, Latin and Chinese, some lines
+turned up to 35 degrees, vertical Chinese) and ``make_rotated_line_data`` images (every horizontal
+line turned up to 60 degrees, 30 % vertical Chinese); true polygons and texts are known. Each
+annotated line is matched one-to-one to a true line at polygon IoU >= 0.5; recall, precision and the
+share of matched lines read exactly are printed for our pipeline (CLI defaults unless overridden) and
+for RapidOCR's own PP-OCRv3 det(+cls)+rec pipeline with its defaults (when rapidocr_onnxruntime
+imports). Speed: ``annotate_folders`` over demo images, end to end (decoding workers, detection,
+crops, recognition, JSON), after a warm-up run on a quarter of the images (at least one full batch);
+peak RSS after the warm-up and after the full run shows whether memory grows with the number of images.
+``--runtime_comparison`` times the recognizer ONNX in onnxruntime against our torch port (the
+measurement behind running the detector in onnxruntime). The last line printed is one JSON object.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from anytext2_diffusers.annotation import (  # noqa: E402
+    AnnotateConfig,
+    AnnotateRun,
+    Annotator,
+    LineAccuracy,
+    annotate_folders,
+    decode_image,
+    match_lines,
+)
+from anytext2_diffusers.data.synth import make_demo_data, make_rotated_line_data  # noqa: E402
+
+
+def _truth(json_path):
+    with open(json_path, encoding="utf-8") as f:
+        d = json.load(f)
+    root = os.path.join(os.path.dirname(json_path), d["data_root"])
+    return [(os.path.join(root, r["img_name"]), r["annotations"]) for r in d["data_list"]]
+
+
+def ours_accuracy(annotator, items):
+    acc = LineAccuracy()
+    for path, truth in items:
+        image, _ = decode_image(path)
+        acc.add(match_lines(annotator([image])[0].annotations, truth))
+    return acc
+
+
+def rapidocr_accuracy(items):
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as err:  # its GUI-free dependencies (pyclipper, shapely, six) may be missing
+        return None, f"rapidocr_onnxruntime does not import: {err}"
+    engine = RapidOCR()
+    acc = LineAccuracy()
+    for path, truth in items:
+        result, _ = engine(path)
+        predicted = [{"polygon": box, "text": text} for box, text, _ in (result or [])]
+        acc.add(match_lines(predicted, truth))
+    return acc, None
+
+
+def runtime_comparison(recognizer, repeats=5):
+    """The recognizer (same PP-OCRv3 family as the detector) in onnxruntime vs our torch port, one
+    batch of 16 crops at 48 x 320, best of ``repeats``: the evidence for running the detector in
+    onnxruntime rather than porting it to torch."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from anytext2_diffusers.models.ocr import default_onnx_path
+
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 3, 48, 320)).astype(np.float32)
+    session = ort.InferenceSession(str(default_onnx_path()), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    timings = {}
+    for label, fn in (
+        ("onnxruntime_ms", lambda: session.run(None, {name: x})),
+        ("torch_ms", lambda: recognizer(torch.from_numpy(x))),
+    ):
+        best = float("inf")
+        with torch.no_grad():
+            fn()
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t)
+        timings[label] = round(best * 1000, 1)
+    return timings
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--accuracy_images", type=int, default=40, help="images per accuracy set (0: skip)")
+    ap.add_argument("--speed_images", type=int, default=32, help="images timed end to end (0: skip)")
+    ap.add_argument("--seed", type=int, default=1000, help="seed of the accuracy sets (the test uses others)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--batch_size", type=int, default=16)
+    ap.add_argument("--num_workers", type=int, default=2)
+    ap.add_argument("--det_limit_side_len", type=int, default=None)
+    ap.add_argument("--det_limit_type", default=None)
+    ap.add_argument("--paddleocr_detector", action="store_true", help="PaddleOCR's 960 / max / 0.6 / 1.5 / no dilation")
+    ap.add_argument("--no_rapidocr", action="store_true")
+    ap.add_argument("--runtime_comparison", action="store_true", help="recognizer: onnxruntime vs torch")
+    a = ap.parse_args()
+    overrides = {"det_limit_side_len": a.det_limit_side_len, "det_limit_type": a.det_limit_type}
+    overrides = {k: v for k, v in overrides.items() if v}
+    if a.paddleocr_detector:
+        overrides.update(det_limit_side_len=960, det_limit_type="max", det_box_thresh=0.6, det_unclip_ratio=1.5)
+        overrides["det_use_dilation"] = False
+    config = AnnotateConfig(device=a.device, batch_size=a.batch_size, **overrides)
+    result = {"device": a.device, "config": vars(config).copy()}
+    tmp = tempfile.mkdtemp(prefix="bench_annotate_")
+    try:
+        t = time.perf_counter()
+        annotator = Annotator(config)
+        result["load_s"] = round(time.perf_counter() - t, 2)
+        if a.runtime_comparison:
+            result["recognizer_batch16"] = runtime_comparison(annotator.recognizer)
+            print("recognizer, batch of 16:", result["recognizer_batch16"], flush=True)
+        if a.accuracy_images:
+            sets = {
+                "demo": _truth(make_demo_data(os.path.join(tmp, "demo"), a.accuracy_images, seed=a.seed)),
+                "rotated": _truth(make_rotated_line_data(os.path.join(tmp, "rot"), a.accuracy_images, seed=a.seed)),
+            }
+            for name, items in sets.items():
+                row = {"ours": ours_accuracy(annotator, items).as_dict()}
+                if not a.no_rapidocr:
+                    acc, why = rapidocr_accuracy(items)
+                    row["rapidocr"] = acc.as_dict() if acc else why
+                result[f"accuracy_{name}"] = row
+                print(name, json.dumps(row), flush=True)
+        if a.speed_images:
+            img_dir = os.path.dirname(make_demo_data(os.path.join(tmp, "speed"), a.speed_images, seed=1))
+            img_dir = os.path.join(img_dir, "imgs")
+            out = os.path.join(tmp, "speed_out")
+            os.makedirs(out)
+            warm_dir = os.path.join(tmp, "warm_imgs")
+            os.makedirs(warm_dir)
+            for name in sorted(os.listdir(img_dir))[: max(a.batch_size, a.speed_images // 4)]:
+                shutil.copy(os.path.join(img_dir, name), warm_dir)
+            warm = AnnotateRun([warm_dir], os.path.join(out, "warm.json"), config=config, num_workers=a.num_workers)
+            annotate_folders(warm, annotator)
+            result["peak_rss_mb_after_warmup"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            run = AnnotateRun([img_dir], os.path.join(out, "data.json"), config=config, num_workers=a.num_workers)
+            t = time.perf_counter()
+            summary = annotate_folders(run, annotator)
+            dt = time.perf_counter() - t
+            result["images"] = summary["images"]
+            result["lines"] = summary["lines"]
+            result["seconds"] = round(dt, 2)
+            result["images_per_s"] = round(summary["images"] / dt, 3)
+        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Images -> AnyWord line annotations: PP-OCRv3 detection, then the recognizer on the training crops."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..models.ocr import crop_line_by_polygon, ctc_greedy_decode_with_scores, prepare_crops, rotate_if_vertical
+
+# CJK Unified Ideographs (+ extension A, compatibility ideographs, extensions B-F).
+_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
+DROP_REASONS = ("empty", "low_score", "too_small", "max_lines")
+
+
+def line_language(text: str) -> str:
+    """AnyWord's two scripts: ``Chinese`` when the line holds a CJK ideograph, else ``Latin``."""
+    return "Chinese" if _CJK.search(text) else "Latin"
+
+
+@dataclass
+class AnnotateConfig:
+    """Line filters and batching (the ``anytext2-annotate`` options of the same names)."""
+
+    min_score: float = 0.6
+    min_box_px: float = 8.0
+    max_lines: int = 20
+    languages: str = "auto"  # "auto" (per line), or "Chinese" / "Latin" for every line
+    batch_size: int = 16  # recognizer crops per forward pass
+    device: str = "cpu"
+    # Detector settings: RapidOCR 1.2.3's (measured better than PaddleOCR's 960 / max / 0.6 / 1.5 / no
+    # dilation on small images and steep lines: docs/own_data.md); the binarisation threshold is 0.3 in both.
+    det_limit_side_len: int = 736
+    det_limit_type: str = "min"  # see detection.resize_for_detection
+    det_box_thresh: float = 0.5
+    det_unclip_ratio: float = 1.6
+    det_use_dilation: bool = True
+    rec_bgr: bool = True  # crops in BGR order, as PaddleOCR reads (its models were trained on cv2 images)
+
+    def __post_init__(self):
+        if self.languages not in ("auto", "Chinese", "Latin"):
+            raise ValueError(f"languages must be 'auto', 'Chinese' or 'Latin', got {self.languages!r}")
+        if self.max_lines < 1 or self.batch_size < 1:
+            raise ValueError("max_lines and batch_size must be at least 1")
+
+
+@dataclass
+class ImageAnnotation:
+    """Kept lines (AnyWord annotation dicts, reading order) and dropped lines counted by reason."""
+
+    annotations: list[dict]
+    dropped: Counter = field(default_factory=Counter)
+
+
+def _canvas_ratio(crop: torch.Tensor, base_ratio: float) -> float:
+    """Recognizer canvas width / height for one crop: the fixed 320/48 canvas, widened in 64-pixel
+    steps for longer lines (PaddleOCR widens to the batch's widest line; a per-crop bucket keeps each
+    crop's input, and so its reading, independent of the other images in the batch)."""
+    r = rotate_if_vertical(crop)
+    ratio = r.shape[2] / float(r.shape[1])
+    if ratio <= base_ratio:
+        return base_ratio
+    return math.ceil(ratio * 48 / 64) * 64 / 48
+
+
+@torch.no_grad()
+def read_crops(
+    recognizer, crops: list[torch.Tensor], batch_size: int = 16, bgr: bool = True
+) -> tuple[list[str], list[float]]:
+    """Texts and confidences of upright RGB crops (CHW, 0..255), batched by canvas width; ``bgr``
+    flips them to BGR first (PaddleOCR's order)."""
+    if not crops:
+        return [], []
+    if bgr:
+        crops = [c.flip(0) for c in crops]
+    height, width = recognizer.config.image_height, recognizer.config.image_width
+    base = width / height
+    ratios = [_canvas_ratio(c, base) for c in crops]
+    texts: list[str] = [""] * len(crops)
+    scores: list[float] = [0.0] * len(crops)
+    for ratio in sorted(set(ratios)):
+        idx = [i for i, r in enumerate(ratios) if r == ratio]
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start : start + batch_size]
+            pixels = prepare_crops([crops[i] for i in chunk], height, width, ratio)
+            logits = recognizer(pixels).logits
+            t, s = ctc_greedy_decode_with_scores(logits, recognizer.characters)
+            for i, ti, si in zip(chunk, t, s):
+                texts[i], scores[i] = ti, si
+    return texts, scores
+
+
+def _short_side(box: np.ndarray) -> float:
+    return float(min(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[0] - box[3])))
+
+
+class Annotator:
+    """Detect, crop (``crop_line_by_polygon``, the training crop), read, filter.
+
+    ``detector``: a ``PPOCRDetector`` (default: the PP-OCRv3 ONNX from rapidocr-onnxruntime);
+    ``recognizer``: a ``PPOCRRecognizer`` (default: converted from the same package's ONNX).
+    """
+
+    def __init__(self, config: AnnotateConfig | None = None, detector=None, recognizer=None):
+        from ..models.ocr import DBPostProcessConfig, PPOCRDetector, convert_onnx
+
+        self.config = config or AnnotateConfig()
+        self.detector = (
+            detector
+            if detector is not None
+            else PPOCRDetector(
+                device=self.config.device,
+                limit_side_len=self.config.det_limit_side_len,
+                limit_type=self.config.det_limit_type,
+                postprocess=DBPostProcessConfig(
+                    box_thresh=self.config.det_box_thresh,
+                    unclip_ratio=self.config.det_unclip_ratio,
+                    use_dilation=self.config.det_use_dilation,
+                ),
+            )
+        )
+        recognizer = recognizer if recognizer is not None else convert_onnx()
+        self.recognizer = recognizer.to(self.config.device).eval()
+        if self.recognizer.characters is None:
+            raise ValueError("the recognizer has no character table (config.characters); it cannot read text")
+
+    def __call__(self, images: list[np.ndarray]) -> list[ImageAnnotation]:
+        """RGB uint8 (H, W, 3) images -> one ``ImageAnnotation`` each."""
+        cfg = self.config
+        detections = self.detector(images) if images else []
+        crops, owners, results = [], [], []
+        for k, (image, (boxes, _)) in enumerate(zip(images, detections)):
+            dropped: Counter = Counter()
+            kept = []
+            for box in boxes:
+                if _short_side(box) < cfg.min_box_px:
+                    dropped["too_small"] += 1
+                else:
+                    kept.append(box)
+            if len(kept) > cfg.max_lines:  # keep the largest lines, in reading order
+                areas = [np.linalg.norm(b[0] - b[1]) * np.linalg.norm(b[0] - b[3]) for b in kept]
+                top = sorted(np.argsort(areas, kind="stable")[::-1][: cfg.max_lines])
+                dropped["max_lines"] += len(kept) - cfg.max_lines
+                kept = [kept[i] for i in top]
+            results.append(ImageAnnotation([], dropped))
+            if kept:
+                pixels = image if image.flags.writeable else image.copy()
+                tensor = torch.from_numpy(pixels).permute(2, 0, 1).to(self.config.device, torch.float32)
+                for box in kept:
+                    crops.append(crop_line_by_polygon(tensor, box))
+                    owners.append((k, box))
+        texts, scores = read_crops(self.recognizer, crops, cfg.batch_size, cfg.rec_bgr)
+        for (k, box), text, score in zip(owners, texts, scores):
+            text = text.strip()
+            if not text:
+                results[k].dropped["empty"] += 1
+                continue
+            if score < cfg.min_score:
+                results[k].dropped["low_score"] += 1
+                continue
+            language = line_language(text) if cfg.languages == "auto" else cfg.languages
+            results[k].annotations.append(
+                {
+                    "polygon": np.round(box).astype(int).tolist(),
+                    "text": text,
+                    "language": language,
+                    "valid": True,
+                    "score": round(score, 4),
+                }
+            )
+        return results

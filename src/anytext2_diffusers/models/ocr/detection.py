@@ -1,0 +1,215 @@
+"""PP-OCRv3 text detection (DBNet) with PaddleOCR's inference pre- and post-processing.
+
+The network runs in onnxruntime on the ``ch_PP-OCRv3_det_infer.onnx`` export that
+rapidocr-onnxruntime ships beside the recognizer (CPU, or CUDA with onnxruntime-gpu). Detection is
+never trained and needs no gradients, so a torch port would buy nothing but upkeep; see
+docs/own_data.md for the measurement behind the choice.
+
+Post-processing follows PaddleOCR's ``DBPostProcess`` with the defaults of ``tools/infer/utility.py``:
+binarise the probability map at 0.3, take each contour's minimum-area rectangle, keep it when the mean
+probability inside is at least 0.6, grow it by ``area * 1.5 / perimeter`` on every side (the Vatti
+offset of a rectangle, whose minimum-area rectangle is exactly the rectangle grown by that distance),
+and map it back to the image. Inputs are resized so the longer side is at most 960 pixels, each side
+a multiple of 32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .crop import order_box_points
+
+RAPIDOCR_PACKAGE = "rapidocr_onnxruntime"
+RAPIDOCR_DET_MODEL = "models/ch_PP-OCRv3_det_infer.onnx"
+# PaddleOCR's detector input normalisation (ImageNet statistics on a 0..1 image in BGR order).
+_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def default_det_onnx_path() -> Path:
+    """``ch_PP-OCRv3_det_infer.onnx`` inside the installed rapidocr-onnxruntime package (not imported:
+    only its files are used, so its GUI OpenCV requirement never matters)."""
+    spec = importlib.util.find_spec(RAPIDOCR_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{RAPIDOCR_PACKAGE} is not installed: pip install --no-deps rapidocr-onnxruntime==1.2.3 "
+            "(or pass the path of a ch_PP-OCRv3_det_infer.onnx file)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / RAPIDOCR_DET_MODEL
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found in the installed {RAPIDOCR_PACKAGE} package")
+    return path
+
+
+@dataclass
+class DBPostProcessConfig:
+    """PaddleOCR's DB defaults (``det_db_*`` in tools/infer/utility.py)."""
+
+    thresh: float = 0.3
+    box_thresh: float = 0.6
+    unclip_ratio: float = 1.5
+    max_candidates: int = 1000
+    min_size: float = 3.0
+    use_dilation: bool = False  # grow the binary map by a 2x2 kernel first (RapidOCR turns this on)
+
+
+def resize_for_detection(height: int, width: int, limit_side_len: int = 960, limit_type: str = "max"):
+    """Network input size: ``max`` shrinks so the longer side is at most ``limit_side_len``, ``min``
+    enlarges so the shorter side is at least that (RapidOCR's rule), ``resize_long`` scales the longer
+    side to exactly that; then each side is rounded to a multiple of 32."""
+    if limit_type == "max":
+        ratio = limit_side_len / max(height, width) if max(height, width) > limit_side_len else 1.0
+    elif limit_type == "resize_long":
+        ratio = limit_side_len / max(height, width)
+    elif limit_type == "min":
+        ratio = limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
+    else:
+        raise ValueError(f"limit_type must be 'max', 'min' or 'resize_long', got {limit_type!r}")
+    new_h = max(int(round(height * ratio / 32) * 32), 32)
+    new_w = max(int(round(width * ratio / 32) * 32), 32)
+    return new_h, new_w
+
+
+def _mini_box(points: np.ndarray) -> tuple[np.ndarray, float]:
+    rect = cv2.minAreaRect(points.reshape(-1, 1, 2).astype(np.float32))
+    return order_box_points(cv2.boxPoints(rect)), float(min(rect[1]))
+
+
+def _box_score_fast(prob: np.ndarray, box: np.ndarray) -> float:
+    """Mean probability inside the box, over its clipped bounding rectangle (PaddleOCR's ``fast`` mode)."""
+    h, w = prob.shape
+    xmin = int(np.clip(np.floor(box[:, 0].min()), 0, w - 1))
+    xmax = int(np.clip(np.ceil(box[:, 0].max()), 0, w - 1))
+    ymin = int(np.clip(np.floor(box[:, 1].min()), 0, h - 1))
+    ymax = int(np.clip(np.ceil(box[:, 1].max()), 0, h - 1))
+    mask = np.zeros((ymax - ymin + 1, xmax - xmin + 1), dtype=np.uint8)
+    shifted = box.copy()
+    shifted[:, 0] -= xmin
+    shifted[:, 1] -= ymin
+    cv2.fillPoly(mask, shifted.reshape(1, -1, 2).astype(np.int32), 1)
+    return float(cv2.mean(prob[ymin : ymax + 1, xmin : xmax + 1], mask)[0])
+
+
+def _unclip_rectangle(box: np.ndarray, ratio: float) -> np.ndarray:
+    """Grow a rectangle by ``area * ratio / perimeter`` on every side (DB's unclip of a rectangle)."""
+    (cx, cy), (w, h), angle = cv2.minAreaRect(box.astype(np.float32))
+    distance = w * h * ratio / max(2.0 * (w + h), 1e-6)
+    return cv2.boxPoints(((cx, cy), (w + 2 * distance, h + 2 * distance), angle))
+
+
+def boxes_from_probability_map(
+    prob: np.ndarray, image_height: int, image_width: int, config: DBPostProcessConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """DB post-processing of one (h, w) probability map -> ((N, 4, 2) float boxes in image pixels,
+    ordered top-left, top-right, bottom-right, bottom-left; (N,) box scores)."""
+    cfg = config or DBPostProcessConfig()
+    h, w = prob.shape
+    bitmap = (prob > cfg.thresh).astype(np.uint8) * 255
+    if cfg.use_dilation:
+        bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    boxes, scores = [], []
+    for contour in contours[: cfg.max_candidates]:
+        box, short_side = _mini_box(contour)
+        if short_side < cfg.min_size:
+            continue
+        score = _box_score_fast(prob, box)
+        if score < cfg.box_thresh:
+            continue
+        box, short_side = _mini_box(_unclip_rectangle(box, cfg.unclip_ratio))
+        if short_side < cfg.min_size + 2:
+            continue
+        box[:, 0] = np.clip(np.round(box[:, 0] / w * image_width), 0, image_width - 1)
+        box[:, 1] = np.clip(np.round(box[:, 1] / h * image_height), 0, image_height - 1)
+        box = order_box_points(box)
+        # PaddleOCR's filter_tag_det_res: drop boxes that became thin after clipping to the image.
+        if np.linalg.norm(box[0] - box[1]) <= 3 or np.linalg.norm(box[0] - box[3]) <= 3:
+            continue
+        boxes.append(box)
+        scores.append(score)
+    if not boxes:
+        return np.zeros((0, 4, 2), dtype=np.float32), np.zeros((0,), dtype=np.float32)
+    boxes = np.stack(boxes).astype(np.float32)
+    # Reading order: top to bottom, then left to right (PaddleOCR's sorted_boxes, without its 10 px band).
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][0][1], boxes[i][0][0]))
+    return boxes[order], np.asarray(scores, dtype=np.float32)[order]
+
+
+class PPOCRDetector:
+    """PP-OCRv3 DBNet text detector: RGB uint8 images in, 4-point boxes out.
+
+    ``device``: ``cpu`` or ``cuda`` (needs onnxruntime-gpu's CUDA provider; refused with a clear error
+    otherwise). Images whose network input has the same size run as one batch.
+    """
+
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike | None = None,
+        device: str = "cpu",
+        limit_side_len: int = 960,
+        limit_type: str = "max",
+        postprocess: DBPostProcessConfig | None = None,
+        num_threads: int | None = None,
+    ):
+        import onnxruntime as ort
+
+        path = Path(onnx_path) if onnx_path is not None else default_det_onnx_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"text detector model not found: {path}")
+        if device == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError(
+                    "--device cuda: onnxruntime has no CUDAExecutionProvider here "
+                    f"(available: {ort.get_available_providers()}); install onnxruntime-gpu"
+                )
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        options = ort.SessionOptions()
+        # Input sizes vary from batch to batch; onnxruntime's CPU arena keeps every block it ever grew
+        # to, so without it memory stays flat over a long run (measured in docs/own_data.md).
+        options.enable_cpu_mem_arena = False
+        if num_threads:
+            options.intra_op_num_threads = int(num_threads)
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.onnx_path = path
+        self.limit_side_len = limit_side_len
+        self.limit_type = limit_type
+        self.postprocess = postprocess or DBPostProcessConfig()
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> (3, h, w) float32 network input (BGR, ImageNet-normalised)."""
+        h, w = image.shape[:2]
+        new_h, new_w = resize_for_detection(h, w, self.limit_side_len, self.limit_type)
+        resized = cv2.resize(image[:, :, ::-1], (new_w, new_h))
+        x = (resized.astype(np.float32) / 255.0 - _MEAN) / _STD
+        return x.transpose(2, 0, 1)
+
+    def probability_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """One (h, w) text probability map per image, same-size inputs batched together."""
+        inputs = [self.preprocess(im) for im in images]
+        maps: list[np.ndarray | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(x.shape[1:], []).append(i)
+        for idx in groups.values():
+            out = self.session.run(None, {self.input_name: np.stack([inputs[i] for i in idx])})[0]
+            for k, i in enumerate(idx):
+                maps[i] = out[k, 0]
+        return maps
+
+    def __call__(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image: ((N, 4, 2) float32 boxes in pixels, (N,) box scores)."""
+        maps = self.probability_maps(images)
+        return [
+            boxes_from_probability_map(p, im.shape[0], im.shape[1], self.postprocess) for p, im in zip(maps, images)
+        ]
