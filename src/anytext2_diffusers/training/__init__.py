@@ -26,7 +26,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _next_steps(result: TrainResult, seconds: float) -> str:
+def _load_hint(out: str, config=None) -> str:
+    """A one-line Python command that loads the output as trained: with its LoRA adapters when it has them."""
+    from .lora import lora_components
+
+    code = f"from anytext2_diffusers import AnyText2Pipeline; pipe = AnyText2Pipeline.from_pretrained('{out}')"
+    if config is not None and lora_components(config) and not config.merge_lora_at_end:
+        code += f"; from anytext2_diffusers.training.lora import load_lora_adapters; load_lora_adapters(pipe, '{out}')"
+    return f'  python -c "{code}"'
+
+
+def _next_steps(result: TrainResult, seconds: float, config=None) -> str:
     out = os.path.abspath(result.output_dir)
     return "\n".join(
         [
@@ -36,8 +46,7 @@ def _next_steps(result: TrainResult, seconds: float) -> str:
             f"  tensorboard --logdir {os.path.join(out, 'logs')}      # t/* and v/* curves, v/images",
             f"  {os.path.join(out, 'validation')}/                      # validation grids (PNG)",
             f"  {os.path.join(out, 'README.md')}                        # model card",
-            '  python -c "from anytext2_diffusers import AnyText2Pipeline; '
-            f"AnyText2Pipeline.from_pretrained('{out}')\"",
+            _load_hint(out, config),
         ]
     )
 
@@ -58,5 +67,5 @@ def main(argv=None) -> int:
             f"Resume with --resume_from_checkpoint latest --output_dir {config.output_dir}"
         )
         return 0
-    print(_next_steps(result, time.time() - start))
+    print(_next_steps(result, time.time() - start, config))
     return 0
