@@ -41,8 +41,19 @@ EXTRAS = {
     "wandb": ["wandb"],
     # DeepSpeed ZeRO-2 (configs/accelerate/deepspeed_zero2.yaml); tests/test_deepspeed.py runs it on CPU processes.
     "deepspeed": ["deepspeed>=0.19.8,<0.20"],
+    # The browser app (anytext2-app, examples/gradio_app.py); gradio_client comes with gradio.
+    "app": ["gradio>=6,<7"],
 }
-EXTRAS["test"] = sorted(set(EXTRAS["ocr"] + EXTRAS["eval"] + EXTRAS["deepspeed"] + ["pytest>=7", "pytest-timeout>=2"]))
+EXTRAS["test"] = sorted(
+    set(
+        EXTRAS["ocr"]
+        + EXTRAS["eval"]
+        + EXTRAS["deepspeed"]
+        + EXTRAS["app"]
+        # drives Debian's chromium in tests/test_app_browser.py (the browser itself comes from apt, see .ci/run)
+        + ["pytest>=7", "pytest-timeout>=2", "selenium>=4.20,<5"]
+    )
+)
 EXTRAS["dev"] = sorted(set(EXTRAS["test"] + ["ruff>=0.4"]))
 
 setup(
@@ -67,6 +78,7 @@ setup(
             "anytext2-preview-dataset=anytext2_diffusers.data.cli:preview_main",
             "anytext2-eval=anytext2_diffusers.evaluation.cli:main",
             "anytext2-train=anytext2_diffusers.training:main",
+            "anytext2-app=anytext2_diffusers.app.cli:main",
         ]
     },
 )

@@ -47,7 +47,7 @@ def tiny_yaml(tmp_path_factory):
     return path
 
 
-def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml):
+def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml, monkeypatch):
     pipe = tiny_pipeline(0)
     pipe.save_pretrained(tmp_path / "pipe")
     run_convert(
@@ -80,6 +80,10 @@ def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml):
         quick_generate(AnyText2Pipeline.from_pretrained(tmp_path / "pipe"), size=128, output_type="np"),
         quick_generate(back, size=128, output_type="np"),
     )
+    # the converted folder also loads through diffusers' generic entry point
+    from _generic_loader import assert_generic_loader_matches
+
+    assert_generic_loader_matches(tmp_path / "back", tmp_path / "modules", monkeypatch)
 
 
 def test_parity_checkpoint_converts_with_every_key_used(parity_dir, tmp_path):

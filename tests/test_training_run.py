@@ -160,6 +160,13 @@ def test_few_step_run_logs_and_output_folder(few_step_run):
     assert saved.to_dict() == config.to_dict()
 
 
+def test_output_folder_loads_through_diffusers_generic_entry_point(few_step_run, tmp_path, monkeypatch):
+    from _generic_loader import assert_generic_loader_matches
+
+    config, _, _ = few_step_run
+    assert_generic_loader_matches(config.output_dir, tmp_path / "modules", monkeypatch)
+
+
 def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
     from huggingface_hub.utils import filter_repo_objects
 
@@ -202,6 +209,7 @@ def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
     assert not [f for f in sent if f.startswith("checkpoint-")]
     for required in (
         "model_index.json",
+        "pipeline.py",  # diffusers' generic entry point (custom_pipeline="pipeline")
         "README.md",
         "training_config.yaml",
         "controlnet/config.json",

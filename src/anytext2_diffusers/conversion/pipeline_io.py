@@ -79,7 +79,7 @@ def _save_pipeline(parts: dict, output_dir: str | Path, dtype: torch.dtype) -> N
 
 class _ComponentWriter:
     """Saves pipeline components one by one as ``AnyText2Pipeline.save_pretrained`` lays them out, then
-    writes the ``model_index.json`` the pipeline would write (the pipeline never holds them all at once)."""
+    writes the ``model_index.json`` and ``pipeline.py`` it would write (never holding them all at once)."""
 
     def __init__(self, output_dir: str | Path, dtype: torch.dtype):
         self.output_dir, self.dtype, self.index = Path(output_dir), dtype, {}
@@ -98,7 +98,9 @@ class _ComponentWriter:
         import diffusers
 
         from ..pipelines import AnyText2Pipeline
+        from ..pipelines.community import write_community_pipeline
 
+        write_community_pipeline(self.output_dir)  # as AnyText2Pipeline.save_pretrained does
         index = {"_class_name": AnyText2Pipeline.__name__, "_diffusers_version": diffusers.__version__}
         index.update(sorted(self.index.items()))
         with open(self.output_dir / "model_index.json", "w", encoding="utf-8") as f:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from ..models.attnx import AnyText2AttnXModel
 from ..models.conditioning import AnyText2CaptionEncoder
 from ..models.writenet import AnyText2ControlNetModel
 from . import inputs as I
+from .community import write_community_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,14 @@ class AnyText2Pipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         self.recompute_writenet_every_step = False
         self._warned_no_text_embedding = False
         self.attach_attnx()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' ``save_pretrained`` plus ``pipeline.py``, so that ``DiffusionPipeline.from_pretrained(folder,
+        custom_pipeline="pipeline", trust_remote_code=True)`` loads the folder too (training, conversion and
+        users all save through here)."""
+        os.makedirs(save_directory, exist_ok=True)
+        write_community_pipeline(save_directory)  # first, so that push_to_hub=True uploads it too
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
     # AttnX
