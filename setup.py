@@ -72,6 +72,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
+            "anytext2-convert=anytext2_diffusers.conversion.cli:main",
             "anytext2-convert-ocr=anytext2_diffusers.models.ocr.convert:main",
             "anytext2-export-dataset=anytext2_diffusers.data.cli:export_main",
             "anytext2-make-demo-data=anytext2_diffusers.data.cli:make_demo_data_main",

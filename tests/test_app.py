@@ -145,6 +145,15 @@ def test_cli_help_lists_the_options():
     assert "--share, --no-share" in out and "(default: 7860)" in out
 
 
+def test_cli_follows_the_one_convention():
+    from anytext2_diffusers.app.cli import parse_args
+
+    config = parse_args(["--server_port", "7001", "--no-share"])
+    assert (config.server_port, config.share, config.dtype) == (7001, False, "fp32")
+    with pytest.raises(SystemExit):  # no abbreviations: --server_p is not --server_port
+        parse_args(["--server_p", "7001"])
+
+
 # ------------------------------------------------------------------------------------------------
 # a live server
 # ------------------------------------------------------------------------------------------------

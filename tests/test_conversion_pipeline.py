@@ -38,13 +38,25 @@ def same_weights(a, b):
 
 
 @pytest.fixture(scope="module")
-def tiny_yaml(tmp_path_factory):
+def tiny_yaml():
+    """The shipped tiny model yaml; it is the SD1.5 yaml shrunk to the tiny components' sizes."""
     sys.path.insert(0, str(ROOT / "tests"))
     from test_conversion import tiny_original_config
 
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(tiny_original_config()))
+    from anytext2_diffusers.configs import config_path
+
+    path = config_path("anytext2_tiny.yaml")
+    assert yaml.safe_load(open(path, encoding="utf-8")) == tiny_original_config()
     return path
+
+
+def test_to_original_of_a_tiny_pipeline_asks_for_its_yaml(tmp_path):
+    from anytext2_diffusers.conversion.pipeline_io import convert_pipeline_to_original
+
+    tiny_pipeline(0).save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="not an SD1.5-sized model .*--original_config tiny"):
+        convert_pipeline_to_original(tmp_path / "pipe", tmp_path / "o.safetensors")
+    assert convert_pipeline_to_original(tmp_path / "pipe", tmp_path / "o.safetensors", "tiny") > 0
 
 
 def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml, monkeypatch):

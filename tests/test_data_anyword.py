@@ -125,7 +125,7 @@ def test_parquet_with_embedded_images_renders_the_same(tmp_path, demo):
         assert canon({k: v for k, v in a.items() if k != "image"}) == canon(
             {k: v for k, v in b.items() if k != "image"}
         )
-        assert a["image"]["path"] == b["image"]["path"]
+        assert b["image"]["path"] == a["img_name"]  # relative to the data root, not the local path
         if os.path.exists(a["image"]["path"]):
             with open(a["image"]["path"], "rb") as f:
                 assert b["image"]["bytes"] == f.read()
@@ -219,3 +219,15 @@ def test_push_to_hub_and_hub_id_round_trip_with_the_hub_mocked(tmp_path, demo, m
     assert len(rows["train"]) == len(dd["train"]) and len(rows["validation"]) == len(dd["validation"])
     assert rows["train"]["img_name"] == dd["train"]["img_name"]
     assert all(isinstance(img["bytes"], bytes) and img["bytes"] for img in rows["train"]["image"])
+
+
+def test_parquet_export_holds_no_local_absolute_path(tmp_path, demo):
+    """Shards go to the Hub on push: neither the source column nor embedded image paths name local folders."""
+    import pyarrow.parquet as pq
+
+    dd = load_anyword(os.path.abspath(demo), cache_dir=str(tmp_path / "hf"))
+    written = export_parquet(dd, str(tmp_path / "pq"), embed_images=True)
+    local = os.path.dirname(os.path.dirname(os.path.abspath(demo)))
+    table = pq.read_table(written["train"][0]).to_pylist()
+    assert table and all(local not in row["source"] and local not in row["image"]["path"] for row in table)
+    assert table[0]["source"] == f"{os.path.basename(os.path.dirname(os.path.abspath(demo)))}/{os.path.basename(demo)}"

@@ -96,7 +96,7 @@ def test_generate_with_the_tiny_pipeline_then_ocr(tmp_path, monkeypatch, capsys)
     assert summary["lines"] == 2 and summary["skipped_items_without_lines"] == 1
 
 
-@pytest.mark.parametrize("flag", ["--no_font_hint"])
+@pytest.mark.parametrize("flag", ["--no-font_hint"])
 def test_cli_flags_reach_the_config(tmp_path, monkeypatch, flag):
     seen = {}
     monkeypatch.setattr(gen, "load_pipeline", lambda *a: "pipe")

@@ -185,3 +185,44 @@ def test_report_keeps_published_figures_apart(tmp_path):
     assert "| English | 0.5000 | 0.7500 | – | 0.9000 |" in measured and "12.35" in measured
     assert "0.8175" in published and "0.7250" in published and "24.32" in published and "0.9882" in published
     assert "0.8175" not in measured
+
+
+def test_report_keeps_two_models_on_one_benchmark(tmp_path):
+    """Two OCR results named after the same benchmark file (two models' image folders) stay two rows."""
+
+    def ocr(images, acc):
+        return {
+            "metric": "ocr",
+            "benchmark": "/b/laion_word/test1k.json",
+            "images": images,
+            "sen_acc": acc,
+            "ned": acc,
+            "lines": 4,
+        }
+
+    clip = {"metric": "clip", "benchmark": "/b/laion_word/test1k.json", "images": "/runs/a/imgs", "clip_score": 0.9}
+    payload = write_report([ocr("/runs/a/imgs", 0.5), ocr("/runs/b/imgs", 0.25), clip], tmp_path / "r.json")
+    rows = payload["measured"]
+    assert sorted(rows) == ["English (/runs/a/imgs)", "English (/runs/b/imgs)"]
+    assert rows["English (/runs/a/imgs)"]["sen_acc"] == 0.5 and rows["English (/runs/a/imgs)"]["clip_score"] == 0.9
+    assert rows["English (/runs/b/imgs)"]["sen_acc"] == 0.25
+    payload = write_report([ocr("/runs/a/out", 0.5), ocr("/runs/b/out2", 0.25)], tmp_path / "s.json")
+    assert sorted(payload["measured"]) == ["English (out)", "English (out2)"]
+
+
+def test_eval_cli_convention(capsys):
+    """Subcommands on the shared option mechanism: shown defaults, --no-x booleans, one-line errors."""
+    import pytest as _pytest
+
+    from anytext2_diffusers.evaluation.cli import build_parser, main
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["ocr"].format_help()
+    assert "--skip_missing, --no-skip_missing" in help_text and "(default: 4)" in help_text
+    with _pytest.raises(SystemExit) as info:
+        main(["clip", "--images", "x"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["anytext2-eval: error: clip: --benchmark is required (see --help)"]
+    with _pytest.raises(SystemExit):
+        main(["ocr", "--image", "x", "--benchmark", "b.json"])  # no abbreviations
+    assert "unrecognized arguments: --image" in capsys.readouterr().err

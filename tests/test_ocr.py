@@ -292,9 +292,12 @@ def test_recognize_crops_restores_input_order(converted):
     out = recognize_crops(recognizer, crops, batch_size=2)
     assert out.order.tolist() == [2, 1, 0]
     with torch.no_grad():
-        single = [recognizer(prepare_crops([c])).neck[0] for c in crops]
-    for k in range(3):
-        assert torch.allclose(out.neck[k], single[k], atol=1e-5)
+        single = torch.stack([recognizer(prepare_crops([c])).neck[0] for c in crops])
+    # A batch of 2 takes other conv/matmul kernel blockings than one row: measured max|batched - single| up to
+    # 1.6e-6 x max|single| (1.47e-5 here, 2.2e-5 reported on a busy 2-core box; 1/2/4 threads, batch 2/3/6,
+    # benchmarks/ocr_batch_spread.py); 1e-5 relative keeps a 4x margin. Swapped rows differ by > 4.
+    diff = (out.neck - single).abs().max().item()
+    assert diff <= 1e-5 * max(1.0, single.abs().max().item()), diff
 
 
 def test_greedy_decode_collapses_repeats_and_drops_blank():

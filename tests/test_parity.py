@@ -1,7 +1,8 @@
 """Parity with the reference AnyText2 run at tiny scale (``ANYTEXT2_PARITY_DIR``, see its README).
 
 Every setting comes from ``reference_meta.json`` and every size from the pack's files, so another pack
-with the same layout runs unchanged.
+with the same layout runs unchanged. Each stage reads the reference's own input from the pack and is compared
+at the pack's tolerance (``_parity_helpers``).
 """
 
 import json
@@ -10,14 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _parity_helpers import assert_close
 from safetensors.torch import load_file
-
-
-def assert_close(name, ours, ref):
-    ref = ref.float()
-    diff = (ours.float() - ref).abs().max().item()
-    tol = 1e-4 * max(1.0, ref.abs().max().item())
-    assert diff <= tol, f"{name}: max|diff| {diff:.3e} > {tol:.3e}"
 
 
 def nchw(array):
@@ -108,19 +103,65 @@ def test_unet_eps_with_attnx(pack):
     assert_close("unet.eps", eps, ref["unet.eps"])
 
 
-def test_image_caption_context(pack):
+@pytest.fixture(scope="module")
+def caption_encoder(pack):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from anytext2_diffusers.conversion.original import convert_text_encoder, load_text_encoder_weights
+    from anytext2_diffusers.models.conditioning import AnyText2CaptionEncoder
 
     clip_dir = pack["dir"] / "tiny_clip"
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
     text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(clip_dir)).eval()
     load_text_encoder_weights(text_encoder, convert_text_encoder(pack["checkpoint"]))
-    ids = tokenizer(
-        pack["batch_json"]["img_caption"], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-    ).input_ids
+    return AnyText2CaptionEncoder(tokenizer, text_encoder)
+
+
+def reference_chunks(tokenizer, captions, size):
+    """The reference's ``FrozenCLIPEmbedderT3`` ids, written from its rule: tokenize with padding "longest"
+    and no truncation, drop the first and last column, cut the rest into ``size``-token pieces, and wrap each
+    as ``[bos] piece [last id]``, right-filling the last piece with the last id."""
+    content = [tokenizer(c, add_special_tokens=False).input_ids for c in captions]
+    longest = max(len(c) for c in content)
+    rows = [r for c in content for r in [[tokenizer.bos_token_id, *c, tokenizer.eos_token_id]]]
+    rows = [r + [tokenizer.pad_token_id] * (longest + 2 - len(r)) for r in rows]
+    chunks = []
+    for start in range(0, longest, size):
+        piece = [r[1:-1][start : start + size] for r in rows]
+        chunks.append(torch.tensor([[r[0], *p, *[r[-1]] * (size - len(p)), r[-1]] for r, p in zip(rows, piece)]))
+    return chunks
+
+
+def test_image_caption_context(pack, caption_encoder):
+    captions = pack["batch_json"]["img_caption"]
+    ids = caption_encoder.tokenize_image_captions(captions)
     assert torch.equal(ids, pack["ref"]["cond.img_input_ids"])
     with torch.no_grad():
-        context = text_encoder(ids).last_hidden_state
+        context = caption_encoder.encode_image_captions(captions)
     assert_close("cond.img_context", context, pack["ref"]["cond.img_context"])
+
+
+def test_long_image_caption_every_chunk(pack, caption_encoder):
+    """A caption of more than two chunks next to a short one (padded to the longest): the ids and the context
+    of every 77-token chunk are the reference's (each chunk encoded on its own by the stock CLIP)."""
+    tokenizer, text_encoder = caption_encoder.tokenizer, caption_encoder.text_encoder
+    short = pack["batch_json"]["img_caption"][1]
+    long = pack["batch_json"]["img_caption"][0]
+    while len(tokenizer(long, add_special_tokens=False).input_ids) <= 150:
+        long += " " + pack["batch_json"]["img_caption"][len(long) % 2]
+    size = caption_encoder.chunk_size
+    expected = reference_chunks(tokenizer, [long, short], size)
+    assert len(expected) >= 3 and len(tokenizer(long, add_special_tokens=False).input_ids) % size
+    ids = caption_encoder.tokenize_image_captions([long, short])
+    with torch.no_grad():
+        context = caption_encoder.encode_image_captions([long, short])
+    width = size + 2
+    assert ids.shape == (2, width * len(expected)) and context.shape[1] == ids.shape[1]
+    for k, chunk in enumerate(expected):
+        window = slice(k * width, (k + 1) * width)
+        assert torch.equal(ids[:, window], chunk), f"image caption chunk {k}: ids differ"
+        with torch.no_grad():
+            alone = text_encoder(chunk).last_hidden_state
+        assert_close(f"image caption chunk {k} context", context[:, window], alone)
+    # chunk 0 of the short caption is the reference's own
+    assert torch.equal(expected[0][1], pack["ref"]["cond.img_input_ids"][1])

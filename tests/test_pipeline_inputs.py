@@ -140,3 +140,38 @@ def test_image_without_text(pipe):
     assert batch.n_lines.tolist() == [1] and batch.text[0] == [" "] and not batch.position.any()
     out = pipe(prompt="a landscape", height=64, width=64, num_inference_steps=1, output_type="latent")
     assert out.images.shape == (1, 4, 8, 8)
+
+
+def test_missing_or_broken_font_file_is_named(pipe, tmp_path):
+    m = blobs((64, 64), [(4, 20, 4, 60)])
+    with pytest.raises(ValueError, match="fonts\\[0\\]: /nope/font.ttf: no such font file"):
+        pipe(prompt="p", texts=["a"], positions=m, fonts=["/nope/font.ttf"], num_inference_steps=1)
+    broken = tmp_path / "broken.ttf"
+    broken.write_bytes(b"not a font")
+    with pytest.raises(ValueError, match=f"fonts\\[0\\]: {broken}: not a font FreeType can open"):
+        pipe.prepare_conditions("p", texts=["a"], positions=m, fonts=[broken])
+
+
+def test_empty_texts_and_undrawable_characters_warn(pipe, caplog):
+    m = blobs((64, 64), [(4, 20, 4, 60)])
+    font = str(BUNDLED_FONT_DIR / "NotoSans-Regular.ttf")
+    with caplog.at_level(logging.WARNING):
+        pipe.prepare_conditions("p", texts=[""], positions=m)
+    assert "texts[0] is empty" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        pipe.prepare_conditions("p", texts=["a\U0001fae0"], positions=m, fonts=[font])
+    assert "has no glyph for '\U0001fae0'" in caplog.text and "no bundled font draws all of" in caplog.text
+
+
+def test_texts_empty_with_a_mask_says_so_without_the_crop_fallback_warning(pipe, caplog, recwarn):
+    m = blobs((64, 64), [(4, 20, 4, 60)])
+    with caplog.at_level(logging.WARNING):
+        pipe(prompt="p", texts=[], positions=m, num_inference_steps=1, output_type="latent")
+    assert "texts is empty: the 1 position blob(s) are kept as positions without text" in caplog.text
+    assert not [w for w in recwarn if "fallback box" in str(w.message)]
+
+
+def test_a_0_1_uint8_mask_is_explained():
+    with pytest.raises(ValueError, match="counts only pixels of 255 .* pass mask \\* 255 or a bool mask"):
+        I.to_binary_mask(blobs((64, 64), [(4, 20, 4, 60)]) // 255)

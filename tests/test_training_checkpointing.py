@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import pytest
+import torch
 import yaml
 
 from anytext2_diffusers.training import checkpointing as ckpt
@@ -12,21 +15,26 @@ from anytext2_diffusers.training.config import DEMO_PRESET, TrainingConfig, pars
 
 
 class FakeAccelerator:
-    """What save_checkpoint uses of Accelerator; ``fail`` makes save_state raise half-way."""
+    """What save_checkpoint / load_checkpoint use of Accelerator; ``fail`` makes save_state raise half-way.
+    ``optimizer.bin`` is a real torch archive, read back with ``torch.load`` as accelerate does."""
 
     is_main_process = True
 
     def __init__(self, fail: bool = False):
         self.fail = fail
+        self.loaded = []
 
     def wait_for_everyone(self):
         pass
 
     def save_state(self, folder):
-        with open(os.path.join(folder, "optimizer.bin"), "wb") as f:
-            f.write(b"x")
+        torch.save({"state": {0: {"exp_avg": torch.arange(4096.0)}}}, os.path.join(folder, "optimizer.bin"))
         if self.fail:
             raise OSError("No space left on device")
+
+    def load_state(self, folder):
+        torch.load(os.path.join(folder, "optimizer.bin"), weights_only=True)
+        self.loaded.append(folder)
 
 
 def make(output_dir, step, complete=True):
@@ -75,13 +83,109 @@ def test_failed_save_leaves_earlier_checkpoints_intact(tmp_path):
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("checkpoint-2")
 
 
-def test_same_step_saved_twice_and_partials_removed(tmp_path):
+def test_same_step_saved_twice_and_unmarked_partials_removed(tmp_path):
     make(tmp_path, 4)
     make(tmp_path, 4)
-    os.makedirs(tmp_path / "checkpoint-7.partial")
+    os.makedirs(tmp_path / "checkpoint-7.partial")  # an interrupted write: no marker
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("checkpoint-4")
-    ckpt.remove_partials(str(tmp_path))
+    ckpt.recover_partials(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-4"]
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL at one moment of the swap (nothing after it runs)."""
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_a_kill_while_the_same_step_is_saved_again_keeps_that_checkpoint(tmp_path, monkeypatch, kill_at):
+    """Issue case 5: the swap was rmtree(final) + rename(partial, final); a kill between them left only the
+    marked partial, which the next start deleted. Now each moment of the swap (1: the old folder moved aside,
+    2: the new one renamed, 3: the old one deleted) leaves one complete checkpoint-4 after the next start."""
+    make(tmp_path, 4)
+    calls = []
+    real = {"replace": os.replace, "rmtree": ckpt.shutil.rmtree}
+
+    def step(name):
+        def run(*args, **kw):
+            if os.path.basename(str(args[0])).startswith("checkpoint-4"):  # the swap's moves, in order
+                calls.append(name)
+                if len(calls) == kill_at:
+                    raise Killed
+            return real[name](*args, **kw)
+
+        return run
+
+    monkeypatch.setattr(ckpt.os, "replace", step("replace"))
+    monkeypatch.setattr(ckpt.shutil, "rmtree", step("rmtree"))
+    with pytest.raises(Killed):
+        ckpt.save_checkpoint(FakeAccelerator(), str(tmp_path), ckpt.TrainingState(global_step=4), None)
+    monkeypatch.undo()
+    ckpt.recover_partials(str(tmp_path))  # what the next start does
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4"]
+    assert ckpt.latest_checkpoint(str(tmp_path), hashes=True).endswith("checkpoint-4")
+
+
+def test_marker_lists_sizes_and_hashes(tmp_path):
+    path = make(tmp_path, 3)
+    with open(os.path.join(path, ckpt.MARKER)) as f:
+        files = json.load(f)["files"]
+    assert sorted(files) == ["optimizer.bin", "training_state.json"]
+    assert files["optimizer.bin"]["size"] == os.path.getsize(os.path.join(path, "optimizer.bin"))
+    assert (
+        files["optimizer.bin"]["sha256"]
+        == hashlib.sha256(open(os.path.join(path, "optimizer.bin"), "rb").read()).hexdigest()
+    )
+    assert ckpt.verify(path) == []
+
+
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def test_truncated_optimizer_file_is_named_and_latest_falls_back(tmp_path, caplog):
+    """Issue case 4: a truncated optimizer.bin failed with 'PytorchStreamReader failed reading zip archive' and no
+    file name."""
+    make(tmp_path, 1)
+    bad = make(tmp_path, 2)
+    _truncate(os.path.join(bad, "optimizer.bin"))
+    with caplog.at_level("WARNING"):
+        assert ckpt.resolve_resume(str(tmp_path), "latest").endswith("checkpoint-1")
+    assert "checkpoint-2" in caplog.text and "optimizer.bin" in caplog.text  # skipped with a warning
+    with pytest.raises(ckpt.CheckpointDamaged) as err:
+        ckpt.resolve_resume(str(tmp_path), bad)
+    message = str(err.value)
+    assert "optimizer.bin" in message and "truncated" in message
+    assert "checkpoint-1" in message and "--fallback_to_previous_checkpoint" in message
+    assert ckpt.resolve_resume(str(tmp_path), bad, fallback=True).endswith("checkpoint-1")
+
+
+def test_a_bit_flip_is_caught_by_the_hash(tmp_path):
+    make(tmp_path, 1)
+    bad = make(tmp_path, 2)
+    with open(os.path.join(bad, "optimizer.bin"), "r+b") as f:
+        f.seek(2000)
+        byte = f.read(1)
+        f.seek(2000)
+        f.write(bytes([byte[0] ^ 1]))
+    assert ckpt.latest_checkpoint(str(tmp_path)).endswith("checkpoint-2")  # sizes only: cheap, misses it
+    assert ckpt.resolve_resume(str(tmp_path), "latest").endswith("checkpoint-1")  # hashes: caught
+    assert "sha256" in ckpt.verify(bad)[0]
+
+
+def test_a_load_failure_names_the_file_and_offers_or_takes_the_previous_checkpoint(tmp_path):
+    """Checkpoints without the file table (written before it existed): the failed load is probed for the file."""
+    make(tmp_path, 1)
+    bad = make(tmp_path, 2)
+    for path in (os.path.join(tmp_path, "checkpoint-1"), bad):  # drop the table: an older marker
+        with open(os.path.join(path, ckpt.MARKER), "w") as f:
+            json.dump({"global_step": 0}, f)
+    _truncate(os.path.join(bad, "optimizer.bin"))
+    accelerator = FakeAccelerator()
+    with pytest.raises(ckpt.CheckpointDamaged, match="optimizer.bin.*--resume_from_checkpoint .*checkpoint-1"):
+        ckpt.load_checkpoint(accelerator, bad, str(tmp_path))
+    loaded = ckpt.load_checkpoint(accelerator, bad, str(tmp_path), fallback=True)
+    assert loaded.endswith("checkpoint-1") and accelerator.loaded == [loaded]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
+from dataclasses import dataclass
 
+from ..utils.cli import ArgumentParser, add_dataclass_arguments, from_namespace, option
 from .model import DTYPES
 
 logger = logging.getLogger(__name__)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+@dataclass
+class AppConfig:
+    # --- model ------------------------------------------------------------------------------------
+    pretrained_model_name_or_path: str | None = option(
+        None,
+        "AnyText2 pipeline folder or Hub id; default: ./anytext2-demo (the README's demo output) if it exists,"
+        " else the tiny random pipeline (starts offline, draws noise).",
+        type=str,
+    )
+    device: str = option("cpu", "torch device, e.g. cpu or cuda.")
+    dtype: str = option("fp32", "Weights' dtype.", choices=sorted(DTYPES))
+    # --- server -----------------------------------------------------------------------------------
+    server_name: str = option("127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
+    server_port: int = option(7860, "Port to listen on.")
+    share: bool = option(False, "Also open a public Gradio share link.")
+    max_queue_size: int = option(20, "Requests waiting beyond this are refused with a message.")
+
+
+def parse_args(argv=None) -> AppConfig:
+    """The project's one CLI convention (utils.cli): grouped --help, shown defaults, no abbreviations."""
+    parser = ArgumentParser(
         prog="anytext2-app",
         description="AnyText2 in the browser: draw where each text line goes, type it, generate or edit.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--pretrained_model_name_or_path",
-        default=None,
-        help="AnyText2 pipeline folder or Hub id; default: ./anytext2-demo (the README's demo output) if it"
-        " exists, else the tiny random pipeline (starts offline, draws noise)",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights' dtype")
-    parser.add_argument("--server_name", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--server_port", type=int, default=7860, help="port to listen on")
-    parser.add_argument(
-        "--share", action=argparse.BooleanOptionalAction, default=False, help="also open a public Gradio share link"
-    )
-    parser.add_argument(
-        "--max_queue_size", type=int, default=20, help="requests waiting beyond this are refused with a message"
-    )
-    return parser.parse_args(argv)
+    add_dataclass_arguments(parser, AppConfig)
+    return from_namespace(AppConfig, parser.parse_args(argv))
 
 
 def main(argv=None) -> int:

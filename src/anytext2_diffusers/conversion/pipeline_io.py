@@ -203,16 +203,24 @@ def convert_pipeline_to_original(
     pipe = AnyText2Pipeline.from_pretrained(pipeline_dir)
     if pipe.attnx.is_attached:
         pipe.attnx.detach(pipe.unet)
-    state = to_original_state_dict(
-        cfg,
-        unet=pipe.unet,
-        attnx=pipe.attnx,
-        controlnet=pipe.controlnet,
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        text_embedding=pipe.text_embedding,
-        ocr=pipe.ocr,
-    )
+    try:
+        state = to_original_state_dict(
+            cfg,
+            unet=pipe.unet,
+            attnx=pipe.attnx,
+            controlnet=pipe.controlnet,
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            text_embedding=pipe.text_embedding,
+            ocr=pipe.ocr,
+        )
+    except ValueError as err:
+        if original_config is not None:
+            raise
+        raise ValueError(
+            f"{pipeline_dir}: not an SD1.5-sized model ({err}); pass --original_config with the reference model "
+            "yaml of its size (--original_config tiny for the tiny test stack)"
+        ) from None
     target = DTYPES[dtype]
     state = {
         k: (v.to(target) if v.is_floating_point() and k not in SCHEDULE_KEYS else v).contiguous()

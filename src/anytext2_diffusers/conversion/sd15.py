@@ -28,9 +28,16 @@ def default_original_config() -> dict:
         return yaml.safe_load(f)
 
 
+SHIPPED_ORIGINAL_CONFIGS = {"sd15": "anytext2_sd15.yaml", "tiny": "anytext2_tiny.yaml"}
+
+
 def load_original_config(path: str | Path | None) -> dict:
+    """The reference model yaml: a file, a shipped one by name (``sd15``, the default, or ``tiny`` for
+    ``testing.tiny_components``), or None for SD1.5."""
     if path is None:
         return default_original_config()
+    if str(path) in SHIPPED_ORIGINAL_CONFIGS and not Path(path).exists():
+        path = config_path(SHIPPED_ORIGINAL_CONFIGS[str(path)])
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:

@@ -123,7 +123,7 @@ def records_from_file(
                 "caption": gt.get("caption"),
                 "wm_score": None if wm is None else float(wm),
                 "annotations": [_annotation(a) for a in gt.get("annotations") or [] if isinstance(a, dict)],
-                "source": str(path),
+                "source": source_label(path),
             }
         )
     counts["records"] += len(rows)
@@ -244,12 +244,22 @@ def _files_fingerprint(paths) -> str:
     return h.hexdigest()[:16]
 
 
+def source_label(path) -> str:
+    """The annotation file as ``folder/file`` (``Art/data_v1.2b.json``): tells AnyWord's subsets apart
+    without the local absolute path, which would travel to the Hub with an export."""
+    path = os.path.abspath(os.fspath(path))
+    return f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}"
+
+
 def embed_image_bytes(row: dict) -> dict:
-    """Row with the image file's bytes inside (a missing file keeps bytes=None and is counted later)."""
+    """Row with the image file's bytes inside (a missing file keeps bytes=None and is counted later); the
+    path becomes the one relative to the data root (``img_name``), not the local absolute one."""
     img = dict(row["image"])
     if not img.get("bytes") and img.get("path") and os.path.isfile(img["path"]):
         with open(img["path"], "rb") as f:
             img["bytes"] = f.read()
+    if img.get("path"):
+        img["path"] = row.get("img_name") or os.path.basename(img["path"])
     return {**row, "image": img}
 
 

@@ -7,78 +7,119 @@ merges such result files into one JSON + Markdown report with per-benchmark rows
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ..utils.cli import ArgumentParser, add_dataclass_arguments, option
 from .benchmark import CANVAS_SIZE, NUM_SAMPLES, BenchmarkError
 from .report import benchmark_name, markdown_report, merge_results, write_report
 
 
-def _add_common(p: argparse.ArgumentParser, benchmark: bool = True) -> None:
-    p.add_argument("--images", required=True, help="folder of images named {img_name stem}_{k}.jpg (or {img_name})")
-    if benchmark:
-        p.add_argument("--benchmark", required=True, help="AnyText-benchmark JSON (e.g. laion_word/test1k.json)")
-        p.add_argument("--num_samples", type=int, default=NUM_SAMPLES, help="images per benchmark entry (k < N)")
-        p.add_argument("--skip_missing", action="store_true", help="score what exists instead of failing")
-    p.add_argument("--name", default=None, help="row label in reports (default: English for laion, Chinese for wukong)")
-    p.add_argument("--report", default=None, help="write the full result to this .json (and a .md table beside it)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anytext2-eval", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    g = sub.add_parser("generate", help="generate the benchmark images with AnyText2Pipeline (Accelerate-aware)")
-    g.add_argument("--pretrained_model_name_or_path", required=True, help="saved AnyText2Pipeline folder or hub id")
-    g.add_argument("--benchmark", required=True)
-    g.add_argument("--output_dir", required=True)
-    g.add_argument("--num_samples", type=int, default=NUM_SAMPLES)
-    g.add_argument("--resolution", type=int, default=512)
-    g.add_argument("--num_inference_steps", type=int, default=20)
-    g.add_argument("--guidance_scale", type=float, default=7.5)
-    g.add_argument("--eta", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=100)
-    g.add_argument("--a_prompt", default=None, help="appended to every caption (default: the reference's)")
-    g.add_argument("--n_prompt", default=None, help="negative prompt (default: the reference's)")
-    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="fp16")
-    g.add_argument("--no_font_hint", action="store_true", help="no font hint (default: each line's glyph font)")
-    g.add_argument("--limit", type=int, default=None, help="only the first N benchmark entries (smoke runs)")
-    g.add_argument("--progress", action="store_true")
-
-    o = sub.add_parser("ocr", help="Sentence accuracy and NED of the text lines")
-    _add_common(o)
-    o.add_argument("--ocr_model", default=None, help="saved PPOCRRecognizer folder (default: convert rapidocr's ONNX)")
-    o.add_argument(
-        "--recognizer", default=None, help="module:factory returning a callable(list of RGB uint8 crops) -> list[str]"
+# Options of each subcommand, one dataclass each, through the same mechanism as training (utils.cli).
+@dataclass
+class GenerateArgs:
+    # --- model and benchmark ----------------------------------------------------------------------
+    pretrained_model_name_or_path: str | None = option(None, "Saved AnyText2Pipeline folder or Hub id (required).")
+    benchmark: str | None = option(None, "AnyText-benchmark JSON, e.g. laion_word/test1k.json (required).")
+    output_dir: str | None = option(None, "Folder for the generated images (required).")
+    num_samples: int = option(NUM_SAMPLES, "Images per benchmark entry.")
+    limit: int | None = option(None, "Only the first N benchmark entries (smoke runs); default: all.", type=int)
+    # --- sampling ---------------------------------------------------------------------------------
+    resolution: int = option(512, "Image size.")
+    num_inference_steps: int = option(20, "Sampler steps.")
+    guidance_scale: float = option(7.5, "Classifier-free guidance scale.")
+    eta: float = option(0.0, "DDIM eta.")
+    seed: int = option(100, "Seed of the first image of each entry.")
+    a_prompt: str | None = option(None, "Appended to every caption; default: the reference's.", type=str)
+    n_prompt: str | None = option(None, "Negative prompt; default: the reference's.", type=str)
+    mixed_precision: str = option(
+        "fp16", "Weights dtype on GPUs (CPU runs use float32).", choices=["no", "fp16", "bf16"]
     )
-    o.add_argument("--char_dict", default=None, help="character dictionary for NED ids (default: the recogniser's)")
-    o.add_argument("--rgb", action="store_true", help="feed PP-OCR RGB crops (default BGR, as PaddleOCR)")
-    o.add_argument("--canvas_size", type=int, default=CANVAS_SIZE, help="polygon frame size; 0 = image pixels")
-    o.add_argument("--language", default=None, help="label all lines with this language instead of per line")
+    font_hint: bool = option(True, "Font hint from each line's glyph font (--no-font_hint: none).")
+    progress: bool = option(False, "Show progress bars on stderr.")
 
-    c = sub.add_parser("clip", help="CLIPScore of images against their captions")
-    _add_common(c)
-    c.add_argument("--clip_model", default="openai/clip-vit-base-patch32", help="transformers CLIPModel id or folder")
-    c.add_argument("--batch_size", type=int, default=64)
 
-    f = sub.add_parser("fid", help="FID against a reference image folder (or .npz statistics)")
-    _add_common(f, benchmark=False)
-    f.add_argument("--reference", required=True, help="reference image folder or pytorch-fid .npz (mu, sigma)")
-    f.add_argument("--save_reference_stats", default=None, help="write the reference statistics to this .npz")
-    f.add_argument("--inception_weights", default=None, help="local pt_inception-2015-12-05-6726825d.pth (no download)")
-    f.add_argument("--dims", type=int, default=2048)
-    f.add_argument("--batch_size", type=int, default=50)
+@dataclass
+class ScoreArgs:
+    # --- inputs -----------------------------------------------------------------------------------
+    images: str | None = option(None, "Folder of images named {img_name stem}_{k}.jpg (or {img_name}) (required).")
+    benchmark: str | None = option(None, "AnyText-benchmark JSON, e.g. laion_word/test1k.json (required).")
+    num_samples: int = option(NUM_SAMPLES, "Images per benchmark entry (k < N).")
+    skip_missing: bool = option(False, "Score what exists instead of failing on a missing image.")
+    # --- report -----------------------------------------------------------------------------------
+    name: str | None = option(None, "Row label in reports; default: English for laion, Chinese for wukong.")
+    report: str | None = option(None, "Write the full result to this .json (and a .md table beside it).")
+    device: str = option("cpu", "Torch device.")
+    progress: bool = option(False, "Show progress bars on stderr.")
 
+
+@dataclass
+class OCRArgs(ScoreArgs):
+    # --- recognizer -------------------------------------------------------------------------------
+    ocr_model: str | None = option(None, "Saved PPOCRRecognizer folder; default: convert rapidocr's ONNX.")
+    recognizer: str | None = option(
+        None, "module:factory returning a callable(list of RGB uint8 crops) -> list[str]; default: PP-OCRv3."
+    )
+    char_dict: str | None = option(None, "Character dictionary for NED ids; default: the recogniser's.")
+    rgb: bool = option(False, "Feed PP-OCR RGB crops (default BGR, as PaddleOCR).")
+    canvas_size: int = option(CANVAS_SIZE, "Polygon frame size; 0 = image pixels.")
+    language: str | None = option(None, "Label all lines with this language; default: per line.")
+
+
+@dataclass
+class ClipArgs(ScoreArgs):
+    # --- CLIP -------------------------------------------------------------------------------------
+    clip_model: str = option("openai/clip-vit-base-patch32", "transformers CLIPModel id or folder.")
+    batch_size: int = option(64, "Images per CLIP batch.")
+
+
+@dataclass
+class FIDArgs:
+    # --- inputs -----------------------------------------------------------------------------------
+    images: str | None = option(None, "Folder of generated images (required).")
+    reference: str | None = option(None, "Reference image folder or pytorch-fid .npz (mu, sigma) (required).")
+    save_reference_stats: str | None = option(None, "Write the reference statistics to this .npz.")
+    inception_weights: str | None = option(None, "Local pt_inception-2015-12-05-6726825d.pth; default: download.")
+    dims: int = option(2048, "Inception feature size.")
+    batch_size: int = option(50, "Images per batch.")
+    # --- report -----------------------------------------------------------------------------------
+    name: str | None = option(None, "Row label in reports; default: from the image folder name.")
+    report: str | None = option(None, "Write the full result to this .json (and a .md table beside it).")
+    device: str = option("cpu", "Torch device.")
+    progress: bool = option(False, "Show progress bars on stderr.")
+
+
+SUBCOMMANDS = {
+    "generate": (GenerateArgs, "generate the benchmark images with AnyText2Pipeline (Accelerate-aware)"),
+    "ocr": (OCRArgs, "Sentence accuracy and NED of the text lines"),
+    "clip": (ClipArgs, "CLIPScore of images against their captions"),
+    "fid": (FIDArgs, "FID against a reference image folder (or .npz statistics)"),
+}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="anytext2-eval", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    for name, (cls, help_text) in SUBCOMMANDS.items():
+        add_dataclass_arguments(sub.add_parser(name, help=help_text, description=help_text), cls)
     r = sub.add_parser("report", help="merge result JSONs into one JSON + Markdown report")
     r.add_argument("results", nargs="+", help="result .json files written by --report")
     r.add_argument("--out", required=True, help="report path (.json; the .md is written beside it)")
     return parser
+
+
+def _missing_required(args) -> list[str]:
+    cls = SUBCOMMANDS.get(args.command, (None,))[0]
+    if cls is None:
+        return []
+    return [
+        f"--{f.name} is required"
+        for f in fields(cls)
+        if "(required)" in f.metadata.get("help", "") and getattr(args, f.name) is None
+    ]
 
 
 def _load_factory(spec: str):
@@ -188,7 +229,11 @@ COMMANDS = {"generate": run_generate, "ocr": run_ocr, "clip": run_clip, "fid": r
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    missing = _missing_required(args)
+    if missing:
+        parser.error(f"{args.command}: " + "; ".join(missing))
     try:
         result = COMMANDS[args.command](args)
     except BenchmarkError as err:

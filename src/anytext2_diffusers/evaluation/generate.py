@@ -123,11 +123,12 @@ def generate_benchmark(pipe, config: GenerateConfig, state=None, progress: bool 
 def load_pipeline(path: str, mixed_precision: str, device):
     """``AnyText2Pipeline.from_pretrained`` in the requested precision (float32 on CPU)."""
     from ..pipelines import AnyText2Pipeline
+    from ..utils.dtype import dtype_kwarg
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
     if torch.device(device).type == "cpu":
         dtype = torch.float32
-    pipe = AnyText2Pipeline.from_pretrained(path, torch_dtype=dtype)
+    pipe = AnyText2Pipeline.from_pretrained(path, **dtype_kwarg(dtype))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -147,7 +148,7 @@ def generate_from_args(args) -> dict:
         seed=args.seed,
         added_prompt=EVAL_ADDED_PROMPT if args.a_prompt is None else args.a_prompt,
         negative_prompt=EVAL_NEGATIVE_PROMPT if args.n_prompt is None else args.n_prompt,
-        font_hint=not args.no_font_hint,
+        font_hint=args.font_hint,
         limit=args.limit,
     )
     pipe = load_pipeline(args.pretrained_model_name_or_path, args.mixed_precision, state.device)

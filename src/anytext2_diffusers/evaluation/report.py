@@ -31,12 +31,23 @@ def benchmark_name(*paths) -> str:
 
 
 def merge_results(results: Iterable[Mapping]) -> dict:
-    """Combine per-metric results (each with ``name`` and ``metric``) into ``{name: {metric values}}``;
-    a later result for the same name and metric replaces an earlier one."""
-    table: dict[str, dict] = {}
+    """Combine per-metric results (each with ``name`` and ``metric``) into ``{row: {metric values}}``.
+
+    A row is one set of images on one benchmark: results for the same name and image folder (or without
+    one) share a row, and a later result for the same metric replaces an earlier one there. Results for
+    the same name from another image folder (another model on that benchmark) get their own row, labelled
+    ``name (folder)``."""
+    rows: list[tuple[str, str | None, dict]] = []  # (name, images, values)
     for res in results:
         name = res.get("name") or benchmark_name(res.get("benchmark"), res.get("images"))
-        row = table.setdefault(name, {})
+        images = res.get("images")
+        for row_name, row_images, values in rows:
+            if row_name == name and (images is None or row_images is None or images == row_images):
+                row = values
+                break
+        else:
+            row = {}
+            rows.append((name, images, row))
         metric = res.get("metric")
         if metric == "ocr":
             row.update(sen_acc=res["sen_acc"], ned=res["ned"], lines=res["lines"])
@@ -48,6 +59,18 @@ def merge_results(results: Iterable[Mapping]) -> dict:
             row.update(fid=res["fid"], fid_feature_extractor=res.get("feature_extractor"))
         else:
             raise ValueError(f"result without a known 'metric' (ocr/clip/fid): {sorted(res)}")
+        if images is not None:
+            row.setdefault("images", images)
+    table: dict[str, dict] = {}
+    for name in dict.fromkeys(row_name for row_name, _, _ in rows):
+        group = [(images, values) for row_name, images, values in rows if row_name == name]
+        if len(group) == 1:
+            table[name] = group[0][1]
+            continue
+        short = [Path(images).name if images else "" for images, _ in group]
+        use_short = len(set(short)) == len(short)  # folder names tell the models apart, else full paths
+        for (images, values), folder in zip(group, short):
+            table[f"{name} ({folder if use_short else images})"] = values
     return table
 
 

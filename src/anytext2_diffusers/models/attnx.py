@@ -22,6 +22,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 
+import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
@@ -83,6 +84,15 @@ def _nested_set(root: nn.Module, path: str, module: nn.Module) -> None:
             node.add_module(part, nn.ModuleDict())
         node = node._modules[part]
     node.add_module(parts[-1], module)
+
+
+def _plain_forward(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``norm.forward`` (its hooks skipped) on ``h`` in the norm's own dtype: a frozen half-precision UNet
+    meets float32 AttnX outputs here, and CPU norms refuse mixed dtypes outside autocast."""
+    weight = getattr(norm, "weight", None)
+    if weight is not None and h.is_floating_point() and h.dtype != weight.dtype:
+        h = h.to(weight.dtype)
+    return norm.forward(h)
 
 
 class AnyText2AttnXModel(ModelMixin, ConfigMixin):
@@ -237,9 +247,11 @@ class AnyText2AttnXModel(ModelMixin, ConfigMixin):
             mask = kwargs.get("attention_mask")
             # `.forward` on the norms skips their hooks (ours records only the block's own norm2 call).
             h = hidden + output
-            extra1 = scale * layer.attn1x(block.norm1.forward(h))
+            extra1 = scale * layer.attn1x(_plain_forward(block.norm1, h))
             h = h + extra1
-            extra2 = scale * layer.attn2x(block.norm2.forward(h), encoder_hidden_states=context, attention_mask=mask)
+            extra2 = scale * layer.attn2x(
+                _plain_forward(block.norm2, h), encoder_hidden_states=context, attention_mask=mask
+            )
             return output + extra1 + extra2
 
         return hook

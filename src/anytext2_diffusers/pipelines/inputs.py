@@ -15,6 +15,7 @@ What the reference demo does before sampling (``ms_wrapper.py``), as small funct
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from PIL import Image
 
 from ..data import render
 from ..data.batch import UNSPECIFIED_COLOR, Batch, pack_bits
-from ..data.fonts import BUNDLED_FONT_DIR, DEFAULT_FONT, missing_chars
+from ..data.fonts import BUNDLED_FONT_DIR, DEFAULT_FONT, load_font, missing_chars
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,11 @@ def to_binary_mask(mask, name: str = "positions") -> np.ndarray:
     if arr.dtype == bool:
         return arr.copy()
     if arr.dtype == np.uint8:
+        if arr.size and arr.max() == 1:
+            raise ValueError(
+                f"{name}: a uint8 mask counts only pixels of 255 (the reference's threshold) and this one holds 0/1 "
+                "values: pass mask * 255 or a bool mask"
+            )
         return arr > 254
     return arr.astype(np.float32) > 0.5
 
@@ -241,6 +247,11 @@ def make_lines(
         logger.warning(
             "%d position blobs for %d lines: the extra blobs are kept as positions without text", len(masks), len(texts)
         )
+    elif masks and not texts:
+        logger.warning(
+            "texts is empty: the %d position blob(s) are kept as positions without text, and no text is written",
+            len(masks),
+        )
     fonts = list(fonts) if fonts is not None else []
     colors = list(colors) if colors is not None else []
     for name, seq in (("fonts", fonts), ("colors", colors)):
@@ -260,12 +271,30 @@ def make_lines(
         position = mask | polygon_mask(polygon, mask.shape)  # the reference fills the polygon into the blob
         font, crop = None, None
         f = fonts[i] if i < len(fonts) else None
+        if not text.strip():
+            logger.warning("texts[%d] is empty: nothing is written at its position", i)
         if isinstance(f, (str, bytes)) or hasattr(f, "__fspath__"):
-            font = str(f)
+            font = os.fsdecode(f)
+            check_font_file(font, f"fonts[{i}]")
+            missing = missing_chars(font, text)
+            if missing:
+                logger.warning(
+                    "fonts[%d] %s has no glyph for %r: the font hint of line %d lacks them", i, font, missing, i
+                )
         elif f is not None:
             crop = font_hint_from_image(f)
         lines.append(Line(text, position, polygon, font, crop, parse_color(colors[i] if i < len(colors) else None)))
     return lines, list(masks[len(texts) :])
+
+
+def check_font_file(path: str, name: str = "fonts") -> None:
+    """A font file FreeType can open, or a ValueError naming it (PIL's own error omits the path)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{name}: {path}: no such font file")
+    try:
+        load_font(path, 16)
+    except OSError as err:
+        raise ValueError(f"{name}: {path}: not a font FreeType can open ({err})") from None
 
 
 def parse_color(color) -> tuple[int, int, int]:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import yaml
 
+from ..utils.cli import ArgumentParser, add_dataclass_arguments, option
+from ..utils.cli import options_markdown as _options_markdown
 
-def _opt(default, help: str, **kw):
-    """A field whose metadata becomes its argparse options (``type``, ``nargs``, ``choices``)."""
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda d=default: list(d), metadata=dict(help=help, **kw))
-    return field(default=default, metadata=dict(help=help, **kw))
+_opt = option
 
 
 @dataclass
@@ -84,6 +82,13 @@ class TrainingConfig:
     )
     attnx_down_blocks: list = _opt([], "down_blocks with AttnX (reference input_attnx).", nargs="*", type=int)
     attnx_scale: float = _opt(1.0, "Scale of the AttnX terms.")
+    control_scales: list = _opt(
+        [1.0] * 13,
+        "Scale of each WriteNet residual as the UNet receives it (12 down + mid; the reference's control_scales); "
+        "one value scales all.",
+        nargs="+",
+        type=float,
+    )
     loss_alpha: float = _opt(0.0, "Weight of the OCR perceptual loss (the paper uses 0.003).")
     loss_beta: float = _opt(0.0, "Weight of the OCR CTC loss.")
     latin_weight: float = _opt(1.0, "Weight of Latin lines in the OCR losses.")
@@ -168,7 +173,17 @@ class TrainingConfig:
         type=int,
     )
     checkpoints_total_limit: int | None = _opt(3, "Keep at most this many checkpoints.", type=int)
-    resume_from_checkpoint: str | None = _opt(None, "A checkpoint folder or 'latest'.", type=str)
+    resume_from_checkpoint: str | None = _opt(
+        None, "A checkpoint folder or 'latest' (the newest intact one; damaged ones are skipped).", type=str
+    )
+    reset_lr_scheduler: bool = _opt(
+        False,
+        "On resume, use this run's --learning_rate/--lr_scheduler/--lr_warmup_steps/--scale_lr (else a change "
+        "is refused): the restored schedule keeps its position and takes the new base rate.",
+    )
+    fallback_to_previous_checkpoint: bool = _opt(
+        False, "On resume, when the checkpoint is damaged, resume from the previous complete one instead of stopping."
+    )
     # --- logging & validation -----------------------------------------------------------------
     report_to: str = _opt(
         "tensorboard", "tensorboard | wandb | all | none.", choices=["tensorboard", "wandb", "all", "none"]
@@ -256,59 +271,25 @@ DEMO_PRESET = dict(
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train AnyText2 (WriteNet, AttnX, text embedding) with Accelerate.",
-        argument_default=argparse.SUPPRESS,  # only what the user typed overrides the YAML file
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="anytext2-train",
+        usage="%(prog)s [--demo] [--config FILE.yaml] [--OPTION VALUE ...]",
+        description="Train AnyText2 (WriteNet, AttnX, text embedding) with Accelerate. Options are grouped as in "
+        "docs/training.md; --config FILE.yaml takes the same keys.",
     )
-    parser.add_argument("--config", type=str, help="YAML file with the same keys as the options below.")
-    for f in fields(TrainingConfig):
-        meta = dict(f.metadata)
-        help_text = meta.pop("help")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if isinstance(default, bool):
-            parser.add_argument(
-                f"--{f.name}", action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {default})"
-            )
-            continue
-        meta.setdefault("type", type(default) if default is not None else str)
-        parser.add_argument(f"--{f.name}", help=f"{help_text} (default: {default})", **meta)
+    parser.add_argument(
+        "--config", type=str, default=argparse.SUPPRESS, help="YAML file with the same keys as the options below."
+    )
+    # SUPPRESS: only what the user typed overrides the YAML file and the --demo preset
+    add_dataclass_arguments(parser, TrainingConfig, defaults=False)
     return parser
 
 
 def options_markdown() -> str:
     """The "All options" tables of docs/training.md, generated from the dataclass (sections follow its
-    ``# --- name ---`` comments), so the documentation cannot drift from the parser."""
-    import inspect
-    import re
-
-    source = inspect.getsource(TrainingConfig)
-    section_of, current = {}, "options"
-    for line in source.splitlines():
-        heading = re.match(r"\s+# --- (.+?) -+$", line)
-        if heading:
-            current = heading.group(1)
-            continue
-        name = re.match(r"\s+(\w+): .*= _opt\(", line)
-        if name:
-            section_of[name.group(1)] = current
-    out, last = [], None
-    for f in fields(TrainingConfig):
-        section = section_of.get(f.name, "options")
-        if section != last:
-            out += [
-                "",
-                f"**{section[0].upper() + section[1:]}**",
-                "",
-                "| option | default | meaning |",
-                "| --- | --- | --- |",
-            ]
-            last = section
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = f"`--{f.name}` / `--no-{f.name}`" if isinstance(default, bool) else f"`--{f.name}`"
-        help_text = f.metadata["help"].replace("|", "\\|")
-        out.append(f"| {flag} | `{default}` | {help_text} |")
-    return "\n".join(out).strip() + "\n"
+    ``# --- name ---`` comments, as the --help groups do), so the documentation cannot drift from the parser."""
+    return _options_markdown(TrainingConfig)
 
 
 def load_yaml(path: str) -> dict:

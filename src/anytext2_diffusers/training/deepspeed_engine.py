@@ -21,6 +21,17 @@ def requested() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
+def skip_import_unless_requested() -> None:
+    """accelerate's ``unwrap_model`` imports deepspeed whenever it is installed, only to test ``isinstance``
+    against its engine; the import costs seconds and prints DeepSpeed's accelerator warning on every run.
+    Without a DeepSpeed launch no model can be a DeepSpeed engine, so accelerate is told it is absent."""
+    if requested():
+        return
+    import accelerate.utils.other
+
+    accelerate.utils.other.is_deepspeed_available = lambda: False
+
+
 def active(accelerator) -> bool:
     """The prepared run uses DeepSpeed (an accelerator without ``state``, e.g. a test double: no)."""
     return getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None) is not None

@@ -8,7 +8,16 @@ import os
 logger = logging.getLogger(__name__)
 
 # Not uploaded: training checkpoints (optimizer state, large), interrupted writes, the demo's synthetic data.
-IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "*.partial", "*.partial/**", "demo_data/**"]
+# Checkpoints, demo data and the run's own bookkeeping (lock file, a final folder being written or replaced).
+IGNORE_PATTERNS = [
+    "checkpoint-*",
+    "checkpoint-*/**",
+    "*.partial",
+    "*.partial/**",
+    "demo_data/**",
+    ".anytext2_run.lock",
+    ".pipeline.*/**",
+]
 CARD_SETTINGS = (
     "resolution",
     "train_batch_size",
@@ -34,6 +43,7 @@ CARD_SETTINGS = (
     "train_text_embedding",
     "train_font_ocr",
     "attnx_scale",
+    "control_scales",
     "loss_alpha",
     "loss_beta",
     "latin_weight",

@@ -29,9 +29,11 @@ from tqdm.auto import tqdm
 
 from ..data import FaultCounter
 from . import checkpointing as ckpt
-from . import deepspeed_engine, fsdp, full_weights, lora
+from . import deepspeed_engine, fsdp, full_weights, lora, precision, resume_check
 from .components import TRAINABLE_COMPONENTS, load_components
 from .data import build_datasets, make_loader
+from .output import FinalSaveError, save_pipeline_folder
+from .run_lock import lock_output_dir
 from .speed import sample_generators, setup_training_model
 from .trainable import describe
 
@@ -236,12 +238,8 @@ def _prepare_demo(config, accelerator) -> None:
 
 
 def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
-    from .hub import push_to_hub, write_model_card
-    from .output import save_pipeline_folder
-    from .validation import run_validation
-
-    callbacks = callbacks or TrainingCallback()
-    # ---------------------------------------------------------------- accelerator, logging, data
+    """Train; the main process holds the output folder's lock (``run_lock``) from start to end."""
+    deepspeed_engine.skip_import_unless_requested()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -252,14 +250,25 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
         ),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # 4 file names per checkpoint
     if not accelerator.is_main_process:  # one voice: other ranks report warnings and errors only
         for name in ("anytext2_diffusers", "accelerate"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    with lock_output_dir(accelerator, config.output_dir):
+        return _train(config, callbacks or TrainingCallback(), accelerator)
+
+
+def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
+    from .hub import push_to_hub, write_model_card
+    from .validation import run_validation
+
+    config.mixed_precision = accelerator.mixed_precision  # the saved configuration states the precision used
     fsdp.enable_on_cpu_processes(accelerator)
     fsdp.check_supported(accelerator, config)
+    precision.enable_native_fp16(accelerator)  # a CPU fp16 run takes the GPU's autocast + GradScaler path
     if accelerator.is_main_process:
         os.makedirs(config.output_dir, exist_ok=True)
-        ckpt.remove_partials(config.output_dir)
+        ckpt.recover_partials(config.output_dir)
     if config.demo and not config.train_data:
         _prepare_demo(config, accelerator)
     if config.allow_tf32:
@@ -268,7 +277,11 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     train_set, val_set = build_datasets(config)
 
     # ---------------------------------------------------------------- models and trainable set
-    parts = load_components(config)
+    parts = load_components(config)  # may adjust the config to a loaded pipeline: compare after it
+    resume = ckpt.resolve_resume(
+        config.output_dir, config.resume_from_checkpoint, fallback=config.fallback_to_previous_checkpoint
+    )
+    plan = resume_check.check_resume(resume, config, accelerator.num_processes) if resume else None
     if accelerator.is_main_process:
         config.save(os.path.join(config.output_dir, "training_config.yaml"))
     device = accelerator.device
@@ -321,8 +334,7 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
 
     # ---------------------------------------------------------------- resume
     selection = {name: len(group) for name, group in groups.items()}
-    state = ckpt.TrainingState(trainable=selection)
-    resume = ckpt.resolve_resume(config.output_dir, config.resume_from_checkpoint)
+    state = ckpt.TrainingState(trainable=selection, num_processes=accelerator.num_processes)
     if resume:
         saved = ckpt.TrainingState.load(resume)
         if saved.trainable and saved.trainable != selection:
@@ -331,8 +343,14 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                 f"component, now {selection}): resume with the same --sd_locked/--unlock_qkv/--train_*/--lora_* "
                 "switches"
             )
-        accelerator.load_state(resume, **ckpt.load_state_kwargs(accelerator))
-        state = saved
+        resume = ckpt.load_checkpoint(
+            accelerator, resume, config.output_dir, fallback=config.fallback_to_previous_checkpoint
+        )
+        state = ckpt.TrainingState.load(resume)  # of the checkpoint loaded (a fallback takes an earlier one)
+        state.num_processes = accelerator.num_processes
+        if plan.learning_rate:
+            rates = resume_check.reset_lr_schedule(lr_scheduler, lr)
+            logger.info("--reset_lr_scheduler: base rate %g, now %g at step %d", lr, rates[0], state.global_step)
         logger.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             resume,
@@ -357,7 +375,9 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
 
     def save(reason: str) -> str | None:
         try:
-            path = ckpt.save_checkpoint(accelerator, config.output_dir, state, config.checkpoints_total_limit)
+            path = ckpt.save_checkpoint(
+                accelerator, config.output_dir, state, config.checkpoints_total_limit, config=config
+            )
             logger.info("saved %s (%s)", path, reason)
             return path
         except Exception as err:  # noqa: BLE001 - a failed save must not lose the run or older checkpoints
@@ -454,8 +474,11 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                         # deepspeed_engine.frozen_step); this returns its pre-clipping norm as a float, and
                         # optimizer.step() is a no-op.
                         finite = grad_norm is None or math.isfinite(float(grad_norm))
-                        if not window["bad"] and finite:
+                        if not window["bad"] and (finite or accelerator.scaler is not None):
+                            # fp16 GradScaler: an overflow skips the update and lowers the scale (expected in
+                            # the first steps; not a fault), so the scaler must see every finite-loss step.
                             optimizer.step()
+                            window["overflow"] = accelerator.scaler is not None and optimizer.step_was_skipped
                         else:
                             window["bad"] = True
                         lr_scheduler.step()
@@ -472,6 +495,12 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
                             state.global_step,
                             state.nonfinite_in_a_row,
                             state.nonfinite_total,
+                        )
+                    elif window.get("overflow"):
+                        logger.info(
+                            "step %d: fp16 gradient overflow, update skipped by the loss scaler (scale now %g)",
+                            state.global_step,
+                            accelerator.scaler.get_scale(),
                         )
                     else:
                         state.nonfinite_in_a_row = 0
@@ -532,14 +561,34 @@ def train(config, callbacks: TrainingCallback | None = None) -> TrainResult:
     if full is not None and accelerator.is_main_process:
         full_weights.materialize(accelerator.unwrap_model(model), full)
     del full
+    final_error = None
     if accelerator.is_main_process:
         if ema is not None:
+            ema.store(params)
             ema.copy_to(params)
         callbacks.on_train_end(parts)
-        if lora.lora_components(config):
-            lora.save_final(parts, config, save_pipeline_folder)  # base components + adapters, or merged
-        else:
-            save_pipeline_folder(parts, config.output_dir)
+        try:
+            if lora.lora_components(config):
+                lora.save_final(parts, config, save_pipeline_folder)  # base components + adapters, or merged
+            else:
+                save_pipeline_folder(parts, config.output_dir)
+        except Exception as err:  # noqa: BLE001 - a checkpoint keeps the steps, then one line (FinalSaveError)
+            final_error = err
+            if ema is not None:
+                ema.restore(params)
+    if ckpt.failed_anywhere(accelerator, final_error is not None):
+        kept = os.path.join(config.output_dir, f"{ckpt.PREFIX}{state.global_step}")
+        kept = kept if os.path.isdir(kept) else save("the final folder failed")
+        accelerator.end_training()
+        raise FinalSaveError(
+            f"{final_error or 'the final pipeline folder failed on the main process'}; "
+            + (
+                f"training state kept in {kept}: free space, then rerun with --resume_from_checkpoint latest"
+                if kept
+                else "no checkpoint could be saved either"
+            )
+        ) from final_error
+    if accelerator.is_main_process:
         write_model_card(config, state.global_step, validation_scalars)
         if config.push_to_hub:
             push_to_hub(config)

@@ -21,6 +21,8 @@ import logging
 import numpy as np
 import torch
 
+from ..utils.dtype import cast_model
+
 logger = logging.getLogger(__name__)
 
 
@@ -133,7 +135,7 @@ def _move(model, device, dtype) -> None:
     """``model.to`` that leaves the dtype alone when it already matches (diffusers warns on every cast)."""
     model.to(device)
     if model.dtype != dtype:
-        model.to(dtype=dtype)
+        cast_model(model, dtype)
 
 
 def _upcast_trainable_layers(model) -> None:
@@ -157,6 +159,7 @@ def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype,
 
     from . import lora
     from .components import TRAINABLE_COMPONENTS
+    from .precision import align_layer_inputs
     from .step import AnyText2TrainingModel, FrozenParts
     from .trainable import apply_trainable
 
@@ -171,6 +174,8 @@ def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype,
         cast_training_params(model, dtype=torch.float32)
         if upcast_buffers:
             _upcast_trainable_layers(model)
+    if weight_dtype != torch.float32:  # half-precision frozen layers next to float32 trainable ones
+        align_layer_inputs(*(parts[name] for name in (*TRAINABLE_COMPONENTS, "vae", "text_encoder", "ocr")))
     if config.gradient_checkpointing:
         parts["controlnet"].enable_gradient_checkpointing()
         parts["unet"].enable_gradient_checkpointing()

@@ -45,12 +45,19 @@ def predict_noise(
     masked_latents: torch.Tensor,
     only_mid_control: bool = False,
     attnx_scale: float = 1.0,
+    control_scales: float | list[float] = 1.0,
 ) -> torch.Tensor:
     """The reference's ``ControlLDM.apply_model``: WriteNet reads the TEXT caption context, the UNet (with
-    AttnX hooked in) the IMAGE caption context; residuals go to the skip connections and the mid block
-    (mid block only with ``only_mid_control``)."""
+    AttnX hooked in) the IMAGE caption context; residual i, times ``control_scales[i]``, goes to the skip
+    connections and the mid block (mid block only with ``only_mid_control``)."""
     res = controlnet(
-        x_noisy, timesteps, text_context, glyphs=glyphs, positions=positions, masked_latents=masked_latents
+        x_noisy,
+        timesteps,
+        text_context,
+        glyphs=glyphs,
+        positions=positions,
+        masked_latents=masked_latents,
+        conditioning_scale=control_scales,
     )
     down = None if only_mid_control else list(res.down_block_res_samples)
     return unet(
@@ -61,6 +68,17 @@ def predict_noise(
         mid_block_additional_residual=res.mid_block_res_sample,
         cross_attention_kwargs={"attnx_scale": float(attnx_scale)},
     ).sample
+
+
+def control_scales_for(controlnet, scales) -> list[float]:
+    """``scales`` (one value, or one per residual) as one float per WriteNet residual; a clear error otherwise."""
+    values = [float(s) for s in ([scales] if isinstance(scales, (int, float)) else scales)]
+    n = controlnet.num_residuals
+    if len(values) == 1:
+        values *= n
+    if len(values) != n:
+        raise ValueError(f"control_scales: WriteNet has {n} residuals, got {len(values)} values")
+    return values
 
 
 class AnyText2TrainingModel(nn.Module):
@@ -75,6 +93,7 @@ class AnyText2TrainingModel(nn.Module):
         self.loss_settings = LossSettings.from_config(config)
         self.only_mid_control = bool(config.only_mid_control)
         self.attnx_scale = float(config.attnx_scale)
+        self.control_scales = control_scales_for(controlnet, getattr(config, "control_scales", [1.0]))
         self.train_text_embedding = bool(config.train_text_embedding)
         self.train_font_ocr = bool(config.train_font_ocr)
         self.font_ocr_train_mode = bool(getattr(config, "font_ocr_train_mode", True))
@@ -165,6 +184,7 @@ class AnyText2TrainingModel(nn.Module):
             masked_latents=masked_latents,
             only_mid_control=self.only_mid_control,
             attnx_scale=self.attnx_scale,
+            control_scales=self.control_scales,
         )
         return p_losses(
             eps,

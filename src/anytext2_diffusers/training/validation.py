@@ -1,10 +1,11 @@
 """Validation: v/* losses on held-out batches, and one image grid for the trackers.
 
-Grid columns per validation sample: source with its line outlines and texts, VAE reconstruction,
-masked image, glyphs, position hint, a sample generated through ``AnyText2Pipeline`` with classifier-
-free guidance, and the OCR reading of each generated line next to its target. Validation runs on the
-main process with the unwrapped model and a fixed generator, so its numbers are comparable across
-steps; a failure in it is logged and never stops training.
+Grid columns per validation sample (named in a header strip of the image): source with its line
+outlines and texts, VAE reconstruction, masked image, glyphs, position hint, a sample generated
+through ``AnyText2Pipeline`` with classifier-free guidance, and the OCR reading of each generated
+line next to its target. Validation runs on the main process with the unwrapped model and a fixed
+generator, so its numbers are comparable across steps; a failure in it is logged and never stops
+training.
 """
 
 from __future__ import annotations
@@ -91,6 +92,26 @@ def _text_panel(lines: list[str], size: int) -> np.ndarray:
     return np.asarray(pil)
 
 
+def header_row(columns, size: int) -> np.ndarray:
+    """A white strip with each column's name centred over its tile, so a grid reads without the docs."""
+    height = max(16, size // 8)
+    pil = Image.new("RGB", (size * len(columns), height), (255, 255, 255))
+    draw = ImageDraw.Draw(pil)
+    font = _font(max(8, int(height * 0.6)))
+    for i, name in enumerate(columns):
+        left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
+        x = i * size + max(0, (size - (right - left)) // 2)
+        draw.text((x, (height - (bottom - top)) // 2 - top), name, fill=(0, 0, 0), font=font)
+    return np.asarray(pil)
+
+
+def ocr_lines(texts: list[str], reads: list[str] | None) -> list[str]:
+    """``target -> read`` per line; ``?`` before any sample exists, ``(nothing read)`` for an empty reading."""
+    if reads is None:
+        return [f"{t} -> ?" for t in texts]
+    return [f"{t} -> {r if r.strip() else '(nothing read)'}" for t, r in zip(texts, reads)]
+
+
 def _to_u8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
@@ -131,7 +152,7 @@ def generate_samples(parts: dict, batch, config) -> np.ndarray | None:
 
 @torch.no_grad()
 def validation_grid(model, parts: dict, dataset, config, device) -> np.ndarray:
-    """One row per validation sample, the columns of ``COLUMNS`` (uint8 HxWx3)."""
+    """A header naming the columns of ``COLUMNS``, then one row per validation sample (uint8 HxWx3)."""
     n = min(config.num_validation_images, len(dataset))
     batch = collate_samples([dataset[(0, i)] for i in range(n)], config.max_lines).to(device)
     size = config.resolution
@@ -157,18 +178,17 @@ def validation_grid(model, parts: dict, dataset, config, device) -> np.ndarray:
             _mask_u8(batch.glyphs[b, 0]),
             _mask_u8(batch.position[b, :, 0].any(dim=0)),
         ]
-        lines = [f"{t} -> ?" for t in texts]
+        lines = ocr_lines(texts, None)
         if generated is not None:
             tiles.append(generated[b])
             gen = torch.from_numpy(generated[b]).permute(2, 0, 1).float()
             crops = [crop_line_by_mask(gen, positions[j].cpu()) for j in range(k)]
-            reads = parts["ocr"].read(crops) if crops else []
-            lines = [f"{t} -> {r}" for t, r in zip(texts, reads)]
+            lines = ocr_lines(texts, parts["ocr"].read(crops) if crops else [])
         else:
             tiles.append(np.zeros((size, size, 3), np.uint8))
         tiles.append(_text_panel(lines, size))
         rows.append(np.concatenate([_tile(t, size) for t in tiles], axis=1))
-    return np.concatenate(rows, axis=0)
+    return np.concatenate([header_row(COLUMNS, size), *rows], axis=0)
 
 
 def log_images(accelerator, tag: str, image: np.ndarray, step: int) -> None:

@@ -42,7 +42,8 @@ def ctc_loss_per_line(
         raise ValueError(f"{logits.shape[0]} logit rows for {len(texts)} texts")
     targets, target_lengths = texts_to_labels(texts, characters)
     n, t = logits.shape[:2]
-    log_probs = logits.log_softmax(dim=2).permute(1, 0, 2)
+    # float32 as under autocast (CPU ctc_loss has no half kernel; half log-probabilities lose the tail)
+    log_probs = logits.float().log_softmax(dim=2).permute(1, 0, 2)
     input_lengths = torch.full((n,), t, dtype=torch.long)
     loss = F.ctc_loss(
         log_probs,
@@ -59,7 +60,7 @@ def ocr_perceptual_loss_per_line(neck: torch.Tensor, neck_target: torch.Tensor, 
     """(N,) mean squared difference of two (N, T, D) neck feature sets, times the per-line weight."""
     if neck.shape != neck_target.shape:
         raise ValueError(f"neck shapes differ: {tuple(neck.shape)} vs {tuple(neck_target.shape)}")
-    loss = ((neck - neck_target) ** 2).mean(dim=(1, 2))
+    loss = ((neck.float() - neck_target.float()) ** 2).mean(dim=(1, 2))  # float32 whatever the recognizer's dtype
     return loss * _weights(weights, neck.shape[0], loss)
 
 
