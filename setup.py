@@ -1,23 +1,35 @@
-"""Packaging for anytext2-diffusers (src layout)."""
+"""Packaging for anytext2-diffusers (src layout).
+
+Lower bounds are the oldest releases the code and tests work with: `.ci/run` installs them
+(`uv pip install --resolution lowest-direct`) and runs a fast subset of the tests (docs/installation.md).
+"""
+
+import re
 
 from setuptools import find_namespace_packages, setup
 
+# One version string: the package's own __version__ (read as text: setup must not import the package).
+with open("src/anytext2_diffusers/__init__.py", encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
 CORE = [
-    "torch>=2.1,<3",
-    "diffusers>=0.31,<1",
-    "accelerate>=1.0,<2",
-    "transformers>=4.44,<6",
-    "peft>=0.13,<1",
-    "datasets>=3.0,<6",
-    "safetensors>=0.4,<1",
-    "huggingface_hub>=0.25,<3",
-    "opencv-python-headless>=4.8",
+    "torch>=2.13,<3",
+    "diffusers>=0.37,<1",
+    "accelerate>=1.15,<2",
+    "transformers>=5.13,<6",
+    "peft>=0.18,<1",
+    "datasets>=4.0,<6",
+    "safetensors>=0.8,<1",
+    "huggingface_hub>=1.5,<3",
+    "opencv-python-headless>=4.10.0.84",
     "pillow>=10,<14",
-    "numpy>=1.24,<3",
+    "numpy>=2.0,<3",
     "pyyaml>=6",
-    "tensorboard>=2.14,<3",
-    "tqdm>=4.60",
+    "tensorboard>=2.17.1,<3",
+    "tqdm>=4.66.3",
     "fonttools>=4.40",
+    # Traditional/simplified Chinese split of every Chinese line (pure-Python OpenCC).
+    "opencc-python-reimplemented>=0.1.7",
 ]
 
 EXTRAS = {
@@ -27,8 +39,6 @@ EXTRAS = {
     #   pip install --no-deps rapidocr-onnxruntime==1.2.3
     # onnx reads the recognizer for conversion; onnxruntime runs the detector (anytext2-annotate).
     "ocr": ["onnx>=1.15", "onnxruntime>=1.17"],
-    # Traditional/simplified Chinese split of the dataset (pure-Python OpenCC).
-    "data": ["opencc-python-reimplemented>=0.1.7"],
     "eval": ["scipy>=1.10"],
     # FID's standard Inception features (brings torchvision; not part of test/dev).
     "fid": ["pytorch-fid>=0.3"],
@@ -43,7 +53,6 @@ EXTRAS = {
 EXTRAS["test"] = sorted(
     set(
         EXTRAS["ocr"]
-        + EXTRAS["data"]
         + EXTRAS["eval"]
         + EXTRAS["deepspeed"]
         + EXTRAS["app"]
@@ -56,7 +65,7 @@ EXTRAS["dev"] = sorted(set(EXTRAS["test"] + ["ruff>=0.4"]))
 
 setup(
     name="anytext2-diffusers",
-    version="0.1.0",
+    version=VERSION,
     description="AnyText2 (multilingual visual text generation and editing) training suite on diffusers",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -13,7 +13,7 @@ from anytext2_diffusers.conversion.reference_layout import diffusion_layout
 from anytext2_diffusers.conversion.report import key_report
 from anytext2_diffusers.conversion.to_original import to_original_state_dict
 from anytext2_diffusers.testing import TINY_CHANNELS, TINY_CONTEXT_DIM, TINY_HEADS, tiny_recognizer
-from anytext2_diffusers.utils.checkpoint_io import UnsafeCheckpointError, load_state_dict_file
+from anytext2_diffusers.utils.checkpoint_io import LazyStateDict, UnsafeCheckpointError, load_state_dict_file
 
 
 def tiny_original_config() -> dict:
@@ -116,6 +116,32 @@ def test_checkpoint_files_load(tmp_path):
     assert torch.equal(load_state_dict_file(tmp_path / "m.safetensors")["a.weight"], state["a.weight"])
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         load_state_dict_file(tmp_path / "missing.ckpt")
+
+
+def test_lazy_state_dict_reads_what_is_asked(tmp_path):
+    """The converter's reader: the same tensors as a whole load, shapes without data, refusals kept."""
+    state = {"a.weight": torch.arange(6.0).reshape(2, 3).half(), "b.bias": torch.ones(3)}
+    torch.save({"state_dict": state}, tmp_path / "m.ckpt")
+    save_file(state, tmp_path / "m.safetensors")
+    for name in ("m.ckpt", "m.safetensors"):
+        lazy = LazyStateDict(tmp_path / name)
+        assert list(lazy) == list(state) and len(lazy) == 2 and "b.bias" in lazy and "c" not in lazy
+        assert lazy.shape("a.weight") == (2, 3)
+        assert set(lazy.with_prefix("a.")) == {"a.weight"}
+        assert all(torch.equal(lazy[k], v) and lazy[k].dtype == v.dtype for k, v in state.items())
+        with pytest.raises(KeyError):
+            lazy["c"]
+    marker = tmp_path / "executed"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / "evil.ckpt", "wb") as f:
+        pickle.dump({"state_dict": {"x": Exploit()}}, f)
+    with pytest.raises(UnsafeCheckpointError, match="refused"):
+        LazyStateDict(tmp_path / "evil.ckpt")
+    assert not marker.exists()
 
 
 def test_from_sd15_single_file_initialises_like_tool_add_anytext(tiny, tmp_path):

@@ -1,6 +1,7 @@
 """Whole-folder conversions through ``examples/convert_checkpoint.py``: original <-> pipeline folder, SD1.5 ->
 fresh AnyText2, on the tiny stack (and the parity pack's reference checkpoint when available)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,10 @@ def test_pipeline_to_original_and_back_is_identical(tmp_path, tiny_yaml, monkeyp
         tmp_path / "pipe",
     )
     assert "unused keys: 0; missing keys: 0" in report
+    # written one component at a time: the index is the one save_pretrained writes
+    index = json.loads((tmp_path / "back" / "model_index.json").read_text())
+    expected = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index == expected
     back = AnyText2Pipeline.from_pretrained(tmp_path / "back")
     same_weights(pipe, back)
     # Compare loaded with loaded: a freshly constructed CLIP may use another attention implementation.

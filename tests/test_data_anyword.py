@@ -4,6 +4,7 @@ import json
 import os
 
 import datasets
+import huggingface_hub
 import numpy as np
 import pytest
 
@@ -99,6 +100,22 @@ def test_parquet_export_reload_identical_rows(tmp_path, demo):
     assert canon(load_parquet(out)["train"].to_list()) == canon(dd["train"].to_list())
 
 
+def test_exported_folder_has_a_card_that_load_dataset_reads(tmp_path, demo):
+    """``load_dataset(folder)`` (as ``load_dataset(repo_id)`` after an upload) finds splits from the card."""
+    from huggingface_hub import DatasetCard
+
+    dd = load_anyword(demo, validation_fraction=0.3, cache_dir=str(tmp_path / "hf"))
+    out = tmp_path / "pq"
+    export_parquet(dd, str(out), embed_images=False, max_rows_per_shard=3)
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.configs[0]["data_files"][0] == {"split": "train", "path": "train-*.parquet"}
+    assert "text-to-image" in card.data.task_categories and str(tmp_path) not in card.text
+    back = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf2"))
+    assert sorted(back) == sorted(dd)
+    for split in dd:
+        assert canon(back[split].to_list()) == canon(dd[split].to_list())
+
+
 def test_parquet_with_embedded_images_renders_the_same(tmp_path, demo):
     dd = load_anyword(demo, cache_dir=str(tmp_path / "hf"))
     out = str(tmp_path / "pq")
@@ -178,10 +195,22 @@ def test_push_to_hub_and_hub_id_round_trip_with_the_hub_mocked(tmp_path, demo, m
             return load_parquet(str(folder))
         return real_load(path, *args, **kwargs)
 
+    def fake_create_repo(repo_id, **kw):
+        pushed.append(("create_repo", repo_id, kw))
+
+    def fake_card_push(self, repo_id, **kw):
+        pushed.append(("card", repo_id, kw, self.data.to_dict()))
+
     monkeypatch.setattr(datasets.Dataset, "push_to_hub", fake_push)
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(huggingface_hub, "create_repo", fake_create_repo)
+    monkeypatch.setattr(huggingface_hub.DatasetCard, "push_to_hub", fake_card_push)
     dd = load_anyword(demo, validation_fraction=0.3, cache_dir=str(tmp_path / "hf"))
     export_parquet(dd, None, embed_images=True, push_to_hub="me/anyword-demo", private=True)
+    # the repo and its card come first: datasets' push_to_hub keeps the card's text and adds its configs
+    assert pushed[0] == ("create_repo", "me/anyword-demo", dict(repo_type="dataset", private=True, exist_ok=True))
+    assert pushed[1][:3] == ("card", "me/anyword-demo", dict(repo_type="dataset")) and "configs" not in pushed[1][3]
+    pushed = pushed[2:]
     assert sorted(p[1] for p in pushed) == ["train", "validation"]
     assert all(p[0] == "me/anyword-demo" and p[2] is True for p in pushed)
 

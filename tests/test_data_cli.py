@@ -56,7 +56,8 @@ def test_export_cli_writes_parquet(tmp_path, capsys):
     rc = cli.export_main(
         ["--train_data", path, "--output_dir", str(tmp_path / "pq"), "--cache_dir", str(tmp_path / "hf")]
     )
-    assert rc == 0 and os.listdir(tmp_path / "pq") == ["train-00000-of-00001.parquet"]
+    # the shards and the dataset card that lets load_dataset(folder) find them
+    assert rc == 0 and sorted(os.listdir(tmp_path / "pq")) == ["README.md", "train-00000-of-00001.parquet"]
     with pytest.raises(SystemExit):
         cli.export_main(["--train_data", path])  # neither --output_dir nor --push_to_hub
 

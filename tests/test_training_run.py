@@ -171,6 +171,7 @@ def test_output_folder_loads_through_diffusers_generic_entry_point(few_step_run,
 
 
 def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
+    from huggingface_hub import ModelCard
     from huggingface_hub.utils import filter_repo_objects
 
     config, result, _ = few_step_run
@@ -230,8 +231,10 @@ def test_push_to_hub_uploads_everything_but_checkpoints(few_step_run):
     assert any(f.startswith("logs/") for f in sent) and any(f.startswith("validation/") for f in sent)
 
     card = open(card_path, encoding="utf-8").read()
-    assert card.startswith("---\nlicense: apache-2.0")
-    assert "tiny random test components" in card and config.train_data[0] in card
+    assert ModelCard.load(card_path).data.license == "apache-2.0"  # tiny random weights: the code's licence
+    # the data is named without the machine's absolute paths (#17 bug 8)
+    assert "tiny random test components" in card and hub.public_path(config.train_data[0]) in card
+    assert not [p for p in config.train_data if os.path.isabs(p) and p in card]
     assert "| `learning_rate` | `0.0001` |" in card and "| `loss_alpha` |" in card
     assert "`v/sim`" in card and "](validation/step-" in card
     for path in sent:

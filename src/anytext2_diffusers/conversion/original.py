@@ -164,26 +164,55 @@ def upcast_floats(state_dict: dict[str, torch.Tensor], dtype: torch.dtype = torc
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
-def build_diffusion_models(checkpoint: dict[str, torch.Tensor], original_config: dict) -> dict:
-    """UNet (stock), AttnX, WriteNet and VAE with the checkpoint's weights, strictly loaded."""
+def _with_prefix(checkpoint, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix``: read now from a ``LazyStateDict``, or picked from a loaded dict."""
+    if hasattr(checkpoint, "with_prefix"):
+        return checkpoint.with_prefix(prefix)
+    return {k: v for k, v in checkpoint.items() if k.startswith(prefix)}
+
+
+def convert_diffusion_models(checkpoint, original_config: dict, emit) -> None:
+    """UNet (stock), AttnX, WriteNet and VAE with the checkpoint's weights, strictly loaded, one at a time:
+    each is built from only its own source tensors and handed to ``emit(name, model)``, then released, so
+    peak memory is one float32 model and its source, not the whole checkpoint (``--from_original``)."""
+    from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from ..models import AnyText2AttnXModel, AnyText2ControlNetModel
 
     configs = diffusers_configs_from_original(original_config, checkpoint)
     unet = UNet2DConditionModel(**configs["unet"])
-    unet_sd, attnx_sd = convert_unet_and_attnx(checkpoint, configs["unet"])
-    unet.load_state_dict(unet_sd, strict=True)
-    attnx = AnyText2AttnXModel.from_unet(unet, **configs["attnx"], load_weights_from_unet=False)
+    unet_sd, attnx_sd = convert_unet_and_attnx(_with_prefix(checkpoint, UNET_PREFIX), configs["unet"])
+    unet.load_state_dict(unet_sd, strict=True)  # copy_ casts half-precision sources to float32
+    del unet_sd
+    emit("unet", unet.eval())
+    del unet
+    with init_empty_weights():  # AttnX / WriteNet read only the UNet's config
+        skeleton = UNet2DConditionModel(**configs["unet"])
+    attnx = AnyText2AttnXModel.from_unet(skeleton, **configs["attnx"], load_weights_from_unet=False)
     attnx.load_state_dict(attnx_sd, strict=True)
+    del attnx_sd
+    emit("attnx", attnx.eval())
+    del attnx
     controlnet_cfg = configs["controlnet"]
     controlnet = AnyText2ControlNetModel.from_unet(
-        unet,
+        skeleton,
         glyph_scale=controlnet_cfg["glyph_scale"],
         fast_control=controlnet_cfg["fast_control"],
         load_weights_from_unet=False,
     )
-    controlnet.load_state_dict(convert_controlnet(checkpoint, configs["unet"]), strict=True)
+    controlnet.load_state_dict(
+        convert_controlnet(_with_prefix(checkpoint, CONTROL_PREFIX), configs["unet"]), strict=True
+    )
+    emit("controlnet", controlnet.eval())
+    del controlnet
     vae = AutoencoderKL(**configs["vae"])
-    vae.load_state_dict(convert_vae(checkpoint, configs["vae"]), strict=True)
-    return dict(unet=unet.eval(), attnx=attnx.eval(), controlnet=controlnet.eval(), vae=vae.eval())
+    vae.load_state_dict(convert_vae(_with_prefix(checkpoint, VAE_PREFIX), configs["vae"]), strict=True)
+    emit("vae", vae.eval())
+
+
+def build_diffusion_models(checkpoint: dict[str, torch.Tensor], original_config: dict) -> dict:
+    """UNet (stock), AttnX, WriteNet and VAE with the checkpoint's weights, strictly loaded, all kept."""
+    parts = {}
+    convert_diffusion_models(checkpoint, original_config, parts.__setitem__)
+    return parts

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 from pathlib import Path
 
@@ -14,15 +16,15 @@ import torch
 from safetensors.torch import save_file
 
 from ..configs import sd15_config
-from ..utils.checkpoint_io import load_state_dict_file
+from ..utils.checkpoint_io import LazyStateDict
 from .original import (
+    CLIP_PREFIX,
     EMBEDDING_PREFIX,
     OCR_PREFIX,
     SCHEDULE_KEYS,
-    build_diffusion_models,
+    convert_diffusion_models,
     convert_text_encoder,
     load_text_encoder_weights,
-    upcast_floats,
 )
 from .reference_layout import diffusion_layout
 from .report import KeyReport, key_report
@@ -74,6 +76,37 @@ def _save_pipeline(parts: dict, output_dir: str | Path, dtype: torch.dtype) -> N
     pipe.save_pretrained(output_dir, safe_serialization=True)
 
 
+class _ComponentWriter:
+    """Saves pipeline components one by one as ``AnyText2Pipeline.save_pretrained`` lays them out, then
+    writes the ``model_index.json`` and ``pipeline.py`` it would write (never holding them all at once)."""
+
+    def __init__(self, output_dir: str | Path, dtype: torch.dtype):
+        self.output_dir, self.dtype, self.index = Path(output_dir), dtype, {}
+
+    def __call__(self, name: str, component) -> None:
+        from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tuple
+
+        if isinstance(component, torch.nn.Module) and self.dtype != torch.float32:
+            component.to(self.dtype)
+        kw = {"safe_serialization": True} if isinstance(component, torch.nn.Module) else {}
+        component.save_pretrained(self.output_dir / name, **kw)
+        self.index[name] = list(_fetch_class_library_tuple(component))
+        gc.collect()
+
+    def write_index(self) -> None:
+        import diffusers
+
+        from ..pipelines import AnyText2Pipeline
+        from ..pipelines.community import write_community_pipeline
+
+        write_community_pipeline(self.output_dir)  # as AnyText2Pipeline.save_pretrained does
+        index = {"_class_name": AnyText2Pipeline.__name__, "_diffusers_version": diffusers.__version__}
+        index.update(sorted(self.index.items()))
+        with open(self.output_dir / "model_index.json", "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
 def convert_original_to_pipeline(
     checkpoint_path: str | Path,
     output_dir: str | Path,
@@ -81,7 +114,10 @@ def convert_original_to_pipeline(
     clip_model_name_or_path: str | Path | None = None,
     dtype: str = "fp32",
 ) -> KeyReport:
-    """Released ``anytext_v2.0.ckpt`` / ``.safetensors`` (or a tool_add_anytext scratch file) -> folder."""
+    """Released ``anytext_v2.0.ckpt`` / ``.safetensors`` (or a tool_add_anytext scratch file) -> folder.
+
+    Memory: the checkpoint is read lazily (``LazyStateDict``) and each component is built from its own
+    tensors, saved and released before the next, so the whole float32 model never exists at once."""
     from transformers import CLIPTextModel
 
     from ..models import AnyText2TextEmbeddingModel
@@ -89,41 +125,35 @@ def convert_original_to_pipeline(
     from .text_embedding import text_embedding_config_from_original, text_embedding_state_dict_from_original
 
     cfg = load_original_config(original_config)
-    checkpoint = upcast_floats(load_state_dict_file(checkpoint_path))
+    checkpoint = LazyStateDict(checkpoint_path)
     layout = diffusion_layout(cfg)
     for key, shape in layout.items():
-        if key in checkpoint and tuple(checkpoint[key].shape) != shape:
-            raise ValueError(
-                f"{checkpoint_path}: {key} has shape {tuple(checkpoint[key].shape)}, config expects {shape}"
-            )
-    parts = build_diffusion_models(checkpoint, cfg)
+        if key in checkpoint and checkpoint.shape(key) != shape:
+            raise ValueError(f"{checkpoint_path}: {key} has shape {checkpoint.shape(key)}, config expects {shape}")
     used = set(layout)
-
-    tokenizer, text_config = _clip_parts(clip_model_name_or_path, "--from_original")
-    text_encoder = CLIPTextModel(text_config)
-    clip_sd = convert_text_encoder(checkpoint)
-    load_text_encoder_weights(text_encoder, clip_sd)
-    used |= {k for k in checkpoint if k.startswith("cond_stage_model.transformer.")}
-
-    ocr = recognizer_from_anytext2(checkpoint, prefix=OCR_PREFIX)
-    used |= {k for k in checkpoint if k.startswith(OCR_PREFIX)}
-    te_state = text_embedding_state_dict_from_original(checkpoint)
-    text_embedding = AnyText2TextEmbeddingModel(**text_embedding_config_from_original(te_state, cfg))
-    text_embedding.load_state_dict(te_state, strict=True)
-    used |= {k for k in checkpoint if k.startswith(EMBEDDING_PREFIX)}
+    used |= {k for k in checkpoint if k.startswith((CLIP_PREFIX, OCR_PREFIX, EMBEDDING_PREFIX))}
     used |= SCHEDULE_KEYS & set(checkpoint)
-
     report = key_report(checkpoint, used, expected=set(layout))
     if report.missing:
         raise ValueError(f"{checkpoint_path}: {len(report.missing)} reference keys missing, e.g. {report.missing[:3]}")
-    parts.update(
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        scheduler=_scheduler(cfg),
-        text_embedding=text_embedding.eval(),
-        ocr=ocr.eval(),
-    )
-    _save_pipeline(parts, output_dir, DTYPES[dtype])
+    tokenizer, text_config = _clip_parts(clip_model_name_or_path, "--from_original")
+
+    save = _ComponentWriter(output_dir, DTYPES[dtype])
+    convert_diffusion_models(checkpoint, cfg, save)
+    text_encoder = CLIPTextModel(text_config)
+    load_text_encoder_weights(text_encoder, convert_text_encoder(checkpoint.with_prefix(CLIP_PREFIX)))
+    save("text_encoder", text_encoder.eval())
+    del text_encoder
+    save("ocr", recognizer_from_anytext2(checkpoint.with_prefix(OCR_PREFIX), prefix=OCR_PREFIX).eval())
+    te_state = text_embedding_state_dict_from_original(checkpoint.with_prefix(EMBEDDING_PREFIX))
+    text_embedding = AnyText2TextEmbeddingModel(**text_embedding_config_from_original(te_state, cfg))
+    text_embedding.load_state_dict(te_state, strict=True)
+    del te_state
+    save("text_embedding", text_embedding.eval())
+    del text_embedding
+    save("tokenizer", tokenizer)
+    save("scheduler", _scheduler(cfg))
+    save.write_index()
     return report
 
 

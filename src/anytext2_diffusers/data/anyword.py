@@ -274,9 +274,22 @@ def export_parquet(
 ):
     """Write ``{split}-{i:05d}-of-{n:05d}.parquet`` shards (and/or push to a Hub dataset repo).
 
-    Returns the written file paths per split. ``load_dataset("parquet", data_files=...)`` or
-    ``load_dataset(repo_id)`` read them back into the same rows.
+    Returns the written file paths per split. Both get a dataset card (README.md, ``data/dataset_card.py``):
+    ``load_dataset(output_dir)``, ``load_dataset(repo_id)`` or ``load_dataset("parquet", data_files=...)``
+    read them back into the same rows.
     """
+    from .dataset_card import dataset_card
+
+    rows = {split: len(ds) for split, ds in dataset_dict.items()}
+    if push_to_hub:
+        from huggingface_hub import create_repo
+
+        # The card goes first: datasets' push_to_hub keeps a card's text and adds its own configs to it.
+        create_repo(push_to_hub, repo_type="dataset", private=private, exist_ok=True)
+        dataset_card(rows, with_configs=False).push_to_hub(push_to_hub, repo_type="dataset")
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        dataset_card(rows).save(os.path.join(output_dir, "README.md"))
     written = {}
     for split, ds in dataset_dict.items():
         if embed_images:

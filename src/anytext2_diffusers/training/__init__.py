@@ -36,7 +36,17 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _next_steps(result, seconds: float) -> str:
+def _load_hint(out: str, config=None) -> str:
+    """A one-line Python command that loads the output as trained: with its LoRA adapters when it has them."""
+    from .lora import lora_components
+
+    code = f"from anytext2_diffusers import AnyText2Pipeline; pipe = AnyText2Pipeline.from_pretrained('{out}')"
+    if config is not None and lora_components(config) and not config.merge_lora_at_end:
+        code += f"; from anytext2_diffusers.training.lora import load_lora_adapters; load_lora_adapters(pipe, '{out}')"
+    return f'  python -c "{code}"'
+
+
+def _next_steps(result, seconds: float, config=None) -> str:
     out = os.path.abspath(result.output_dir)
     lines = [
         f"Done in {seconds:.0f}s: {result.global_step} steps, last logs "
@@ -48,7 +58,7 @@ def _next_steps(result, seconds: float) -> str:
         lines.append(f"  {os.path.join(out, 'validation')}/                      # validation grids (PNG)")
     lines += [
         f"  {os.path.join(out, 'README.md')}                        # model card",
-        f"  python -c \"from anytext2_diffusers import AnyText2Pipeline; AnyText2Pipeline.from_pretrained('{out}')\"",
+        _load_hint(out, config),
     ]
     return "\n".join(lines)
 
@@ -91,5 +101,5 @@ def main(argv=None) -> int:
             f"Resume with --resume_from_checkpoint latest --output_dir {config.output_dir}"
         )
         return 0
-    print(_next_steps(result, time.time() - start))
+    print(_next_steps(result, time.time() - start, config))
     return 0

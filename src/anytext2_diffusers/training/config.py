@@ -233,6 +233,11 @@ class TrainingConfig:
     hub_model_id: str | None = _opt(None, "Hub repo id (default: the output folder's name).", type=str)
     hub_token: str | None = _opt(None, "Hub token (default: the environment's login).", type=str)
     hub_private: bool = _opt(False, "Create the Hub repo as private.")
+    model_card_license: str | None = _opt(
+        None,
+        "Licence id in the model card (default: the base model's, creativeml-openrail-m for SD1.5-derived weights).",
+        type=str,
+    )
     # --- demo ---------------------------------------------------------------------------------
     demo: bool = _opt(False, "Offline CPU demo: synthetic data, tiny models, a short run (see docs/training.md).")
     demo_samples: int = _opt(12, "Synthetic images written by --demo.")
