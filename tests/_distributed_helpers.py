@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -96,6 +97,10 @@ def launch(config: dict, launcher_args: list[str], workdir) -> subprocess.Comple
     with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f)
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    # DeepSpeed JIT-builds its CPU shared-memory op under a file lock; a launch killed mid-build (a timeout)
+    # leaves the lock behind and every later DeepSpeed start waits on it forever. One build folder per test
+    # session: a killed build cannot hang the next session.
+    env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), f"anytext2-torch-ext-{os.getpid()}"))
     env.pop("ACCELERATE_USE_CPU", None)  # the trainer itself must notice it runs on CPU processes
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args, DRIVER, path]
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as popen:
