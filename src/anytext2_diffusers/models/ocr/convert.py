@@ -13,7 +13,6 @@ parts of a full checkpoint already use our key names; loading is strict and upca
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,10 +23,9 @@ from torch import nn
 
 from ...utils.checkpoint_io import load_state_dict_file
 from .modeling_ppocr import PPOCRRecognizer
+from .rapidocr_files import RAPIDOCR_REC_MODEL, rapidocr_model_path
 from .vocab import build_character_list
 
-RAPIDOCR_PACKAGE = "rapidocr_onnxruntime"
-RAPIDOCR_REC_MODEL = "models/ch_PP-OCRv3_rec_infer.onnx"
 ANYTEXT2_PREFIXES = ("text_predictor.", "embedding_manager.font_predictor.")
 
 
@@ -36,18 +34,11 @@ class OCRConversionError(RuntimeError):
 
 
 def default_onnx_path() -> Path:
-    """``ch_PP-OCRv3_rec_infer.onnx`` inside the installed rapidocr-onnxruntime package (found, not
-    imported: it is installed without its GUI OpenCV dependency)."""
-    spec = importlib.util.find_spec(RAPIDOCR_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise OCRConversionError(
-            f"{RAPIDOCR_PACKAGE} is not installed: pip install --no-deps rapidocr-onnxruntime==1.2.3 "
-            "(or pass --onnx PATH to a ch_PP-OCRv3_rec_infer.onnx file)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / RAPIDOCR_REC_MODEL
-    if not path.is_file():
-        raise OCRConversionError(f"{path} not found in the installed {RAPIDOCR_PACKAGE} package")
-    return path
+    """``ch_PP-OCRv3_rec_infer.onnx`` inside the installed rapidocr-onnxruntime package."""
+    try:
+        return rapidocr_model_path(RAPIDOCR_REC_MODEL)
+    except FileNotFoundError as err:
+        raise OCRConversionError(f"{err} (or pass --onnx PATH)") from err
 
 
 def _load_onnx(path):

@@ -15,7 +15,6 @@ a multiple of 32.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,27 +23,16 @@ import cv2
 import numpy as np
 
 from .crop import order_box_points
+from .rapidocr_files import RAPIDOCR_DET_MODEL, rapidocr_model_path
 
-RAPIDOCR_PACKAGE = "rapidocr_onnxruntime"
-RAPIDOCR_DET_MODEL = "models/ch_PP-OCRv3_det_infer.onnx"
 # PaddleOCR's detector input normalisation (ImageNet statistics on a 0..1 image in BGR order).
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def default_det_onnx_path() -> Path:
-    """``ch_PP-OCRv3_det_infer.onnx`` inside the installed rapidocr-onnxruntime package (not imported:
-    only its files are used, so its GUI OpenCV requirement never matters)."""
-    spec = importlib.util.find_spec(RAPIDOCR_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"{RAPIDOCR_PACKAGE} is not installed: pip install --no-deps rapidocr-onnxruntime==1.2.3 "
-            "(or pass the path of a ch_PP-OCRv3_det_infer.onnx file)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / RAPIDOCR_DET_MODEL
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found in the installed {RAPIDOCR_PACKAGE} package")
-    return path
+    """``ch_PP-OCRv3_det_infer.onnx`` inside the installed rapidocr-onnxruntime package."""
+    return rapidocr_model_path(RAPIDOCR_DET_MODEL)
 
 
 @dataclass
