@@ -120,3 +120,31 @@ def test_a_kill_during_the_swap_never_leaves_a_loadable_mix_and_the_next_save_re
     assert visible() == first
     save_pipeline_folder(parts, str(out))
     assert snapshot(out) == first  # same weights: the same files, nothing left over
+
+
+def test_lora_final_save_stages_its_adapters_and_a_failure_keeps_the_earlier_folder(tmp_path, monkeypatch):
+    """LoRA runs write their adapter files into the staged folder too: a full disk leaves the earlier folder,
+    adapters included, as it was; a later save without adapters (merged) removes the earlier adapter files."""
+    from anytext2_diffusers.training import lora
+    from anytext2_diffusers.training.config import TrainingConfig
+
+    out = tmp_path / "run"
+    config = TrainingConfig(
+        output_dir=str(out), lora_rank=2, lora_components=["unet", "controlnet"], merge_lora_at_end=False
+    )
+    lora_parts = dict(tiny_pipeline(seed=0).components)
+    lora.add_adapters(lora_parts, config)
+    lora.save_final(lora_parts, config)
+    assert {lora.UNET_LORA_WEIGHTS, "controlnet_lora", "model_index.json"} <= set(os.listdir(out))
+    before = snapshot(out)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk_after(3))
+    with pytest.raises(FinalSaveError):
+        lora.save_final(lora_parts, config)
+    assert snapshot(out) == before  # adapters and base components untouched, no staging left behind
+    monkeypatch.undo()
+
+    config.merge_lora_at_end = True
+    lora.save_final(lora_parts, config)
+    names = set(os.listdir(out))
+    assert "model_index.json" in names and not names & set(lora.ADAPTER_FILES), sorted(names)

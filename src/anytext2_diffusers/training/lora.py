@@ -189,29 +189,13 @@ def merge_adapters(model: nn.Module) -> None:
 # ------------------------------------------------------------------------------------------------
 # final folder
 # ------------------------------------------------------------------------------------------------
-def _remove_adapter_files(output_dir: str) -> None:
-    """Adapter files of an earlier run in the same folder would be loaded on top of the new weights."""
-    path = os.path.join(output_dir, UNET_LORA_WEIGHTS)
-    if os.path.isfile(path):
-        os.remove(path)
-    for name in LORA_COMPONENTS:
-        shutil.rmtree(os.path.join(output_dir, f"{name}_lora"), ignore_errors=True)
+# What a LoRA run adds to the final folder; an earlier run's copies would load on top of new weights.
+ADAPTER_FILES = (UNET_LORA_WEIGHTS, *(f"{name}_lora" for name in LORA_COMPONENTS))
+ADAPTER_STAGING = ".lora.partial"  # adapters written while the peft layers are in place, before the swap
 
 
-def save_final(parts: dict, config) -> None:
-    """The pipeline folder with base components + adapter files, or (``--merge_lora_at_end``) merged weights."""
-    out = config.output_dir
-    names = [name for name in LORA_COMPONENTS if has_adapter(parts[name])]
-    _remove_adapter_files(out)
-    if config.merge_lora_at_end:
-        for name in names:
-            parts[name].to(torch.float32)  # merge into float32 (the base may be fp16/bf16 under mixed precision)
-            merge_adapters(parts[name])
-        save_pipeline_folder(parts, out)
-        logger.info("merged the LoRA adapters of %s into the saved weights", ", ".join(names))
-        return
-    with adapters_removed([parts[name] for name in names]):
-        save_pipeline_folder(parts, out)
+def _write_adapters(parts: dict, names: list[str], folder: str) -> None:
+    os.makedirs(folder, exist_ok=True)
     for name in names:
         model = parts[name]
         if name == "unet":
@@ -220,12 +204,40 @@ def save_final(parts: dict, config) -> None:
 
             layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME))
             StableDiffusionPipeline.save_lora_weights(
-                out,
+                folder,
                 unet_lora_layers={k: v.detach().float().contiguous() for k, v in layers.items()},
                 unet_lora_adapter_metadata=model.peft_config[ADAPTER_NAME].to_dict(),
             )
         else:
-            save_adapter(model, os.path.join(out, f"{name}_lora"))
+            save_adapter(model, os.path.join(folder, f"{name}_lora"))
+
+
+def save_final(parts: dict, config) -> None:
+    """The pipeline folder with base components + adapter files, or (``--merge_lora_at_end``) merged weights.
+    Adapters go into the staged folder and move in with it (``save_pipeline_folder``): a failed save leaves
+    the earlier folder, adapters included, as it was."""
+    out = config.output_dir
+    names = [name for name in LORA_COMPONENTS if has_adapter(parts[name])]
+    if config.merge_lora_at_end:
+        for name in names:
+            parts[name].to(torch.float32)  # merge into float32 (the base may be fp16/bf16 under mixed precision)
+            merge_adapters(parts[name])
+        save_pipeline_folder(parts, out, stale=ADAPTER_FILES)
+        logger.info("merged the LoRA adapters of %s into the saved weights", ", ".join(names))
+        return
+    adapters = os.path.join(out, ADAPTER_STAGING)
+    shutil.rmtree(adapters, ignore_errors=True)
+    try:
+        _write_adapters(parts, names, adapters)
+
+        def move_adapters_in(staging: str) -> None:
+            for entry in os.listdir(adapters):
+                os.replace(os.path.join(adapters, entry), os.path.join(staging, entry))
+
+        with adapters_removed([parts[name] for name in names]):
+            save_pipeline_folder(parts, out, extra_files=move_adapters_in, stale=ADAPTER_FILES)
+    finally:
+        shutil.rmtree(adapters, ignore_errors=True)
     logger.info("LoRA adapters of %s saved next to the base components in %s", ", ".join(names), out)
 
 

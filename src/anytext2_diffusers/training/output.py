@@ -33,14 +33,19 @@ def _bytes_to_write(components: dict) -> int:
     return total
 
 
-def _swap_in(staging: str, output_dir: str) -> None:
+def _swap_in(staging: str, output_dir: str, stale=()) -> None:
     """Move the staged components into ``output_dir``: ``model_index.json`` goes first (the folder stops being
-    a loadable pipeline) and comes back last; replaced folders wait in ``ASIDE`` until the end."""
+    a loadable pipeline) and comes back last; replaced folders, and the ``stale`` entries the new folder must
+    not keep, wait in ``ASIDE`` until the end."""
     index = os.path.join(output_dir, MODEL_INDEX)
     aside = os.path.join(output_dir, ASIDE)
     os.makedirs(aside, exist_ok=True)
     if os.path.exists(index):
         os.replace(index, os.path.join(aside, MODEL_INDEX))
+    staged = set(os.listdir(staging))
+    for name in stale:
+        if name not in staged and os.path.exists(os.path.join(output_dir, name)):
+            os.replace(os.path.join(output_dir, name), os.path.join(aside, name))
     for name in sorted(os.listdir(staging)):
         if name == MODEL_INDEX:
             continue
@@ -72,8 +77,10 @@ def _put_back(output_dir: str) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def save_pipeline_folder(parts: dict, output_dir: str) -> None:
+def save_pipeline_folder(parts: dict, output_dir: str, extra_files=None, stale=()) -> None:
     """Components in float32 under ``output_dir`` + ``model_index.json``; checkpoints and logs are left alone.
+    ``extra_files(staging)`` adds files to the staged folder (they move in with it, e.g. LoRA adapters);
+    ``stale`` names entries of ``output_dir`` the new folder must not keep (removed only once it is in place).
 
     Written as a checkpoint is: into ``output_dir/.pipeline.partial`` first, then moved into place with
     ``model_index.json`` last, so a failure (a full disk) or a kill never leaves a folder that loads as a
@@ -94,6 +101,8 @@ def save_pipeline_folder(parts: dict, output_dir: str) -> None:
         if free < needed:
             raise OSError(errno.ENOSPC, "not enough free space (checked before writing)")
         pipe.save_pretrained(staging)
+        if extra_files is not None:
+            extra_files(staging)
     except Exception as err:
         shutil.rmtree(staging, ignore_errors=True)
         free = shutil.disk_usage(output_dir).free
@@ -102,7 +111,7 @@ def save_pipeline_folder(parts: dict, output_dir: str) -> None:
             f"about {needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free there; nothing in it was replaced"
         ) from err
     try:
-        _swap_in(staging, output_dir)
+        _swap_in(staging, output_dir, stale)
     except Exception as err:
         _put_back(output_dir)
         raise FinalSaveError(f"moving the final pipeline folder into {output_dir} failed ({err}); rolled back") from err
