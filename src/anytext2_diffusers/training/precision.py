@@ -61,15 +61,18 @@ def align_layer_inputs(*models: nn.Module) -> list:
     handles = []
     for model in models:
         for module in model.modules():
-            dtype = _own_dtype(module)
-            if dtype is None:
+            if _own_dtype(module) is None:
                 continue
-
-            def hook(mod, args, kwargs, dtype=dtype):
-                return tuple(_cast(a, dtype) for a in args), {k: _cast(v, dtype) for k, v in kwargs.items()}
-
-            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(_cast_to_own_dtype, with_kwargs=True))
     return handles
+
+
+def _cast_to_own_dtype(module: nn.Module, args, kwargs):
+    # The dtype is read at call time: DeepSpeed (bf16/fp16) and ``.to()`` recast weights after the hooks are set.
+    dtype = _own_dtype(module)
+    if dtype is None:
+        return None
+    return tuple(_cast(a, dtype) for a in args), {k: _cast(v, dtype) for k, v in kwargs.items()}
 
 
 def has_mixed_dtypes(model: nn.Module) -> bool:
