@@ -78,10 +78,19 @@ def test_annotate_preview_and_export(annotated, photos, tmp_path, capsys):
     ds = load_dataset("parquet", data_dir=str(tmp_path / "parquet"), cache_dir=str(tmp_path / "hf"))["train"]
     assert len(ds) == 4 and ds[0]["image"] is not None and ds[0]["annotations"]
     # ... and pushed as a Hub dataset (datasets' push_to_hub writes the card with its `configs:`).
-    pushed = []
-    with mock.patch.object(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append((repo, kw, len(self)))):
+    import huggingface_hub
+
+    pushed, cards = [], []
+    with (
+        mock.patch.object(Dataset, "push_to_hub", lambda self, repo, **kw: pushed.append((repo, kw, len(self)))),
+        mock.patch.object(huggingface_hub, "create_repo", lambda repo, **kw: cards.append(("create", repo, kw))),
+        mock.patch.object(
+            huggingface_hub.DatasetCard, "push_to_hub", lambda self, repo, **kw: cards.append(("card", repo, kw))
+        ),
+    ):
         assert export_main(["--train_data", annotated["train"], "--push_to_hub", "--hub_model_id", "me/my-signs"]) == 0
     assert [(repo, kw["split"], kw["private"], n) for repo, kw, n in pushed] == [("me/my-signs", "train", True, 4)]
+    assert [(what, repo) for what, repo, _ in cards] == [("create", "me/my-signs"), ("card", "me/my-signs")]
 
 
 def _convert(*args):
