@@ -52,12 +52,29 @@ def pack(parity_dir):
     )
 
 
+def pack_eps(models, ref, batch, x_noisy, t, **options):
+    """The training forward (WriteNet residuals -> UNet + AttnX eps) on the pack's batch and contexts."""
+    from anytext2_diffusers.training.step import predict_noise
+
+    return predict_noise(
+        models["unet"],
+        models["controlnet"],
+        x_noisy,
+        t,
+        ref["cond.img_context"],
+        ref["cond.text_context"],
+        glyphs=per_line(batch["glyphs"]).flatten(1, 2),
+        positions=per_line(batch["positions"])[:, :, 0],
+        masked_latents=ref["latent.masked_z"],
+        **options,
+    )
+
+
 def test_p_losses_match_the_reference(pack):
     from diffusers import DDPMScheduler
 
     from anytext2_diffusers.models.ocr import crop_lines
     from anytext2_diffusers.training.losses import LossSettings, OCRTargets, p_losses, predict_x0
-    from anytext2_diffusers.training.step import predict_noise
 
     ref, meta, settings, params = pack["ref"], pack["meta"], pack["meta"]["settings"], pack["config"]
     models, batch, batch_json = pack["models"], pack["batch"], pack["batch_json"]
@@ -77,20 +94,12 @@ def test_p_losses_match_the_reference(pack):
     models["attnx"].attach(models["unet"])
     try:
         with torch.no_grad():
-            model_output = predict_noise(
-                models["unet"],
-                models["controlnet"],
-                x_noisy,
-                t,
-                ref["cond.img_context"],
-                ref["cond.text_context"],
-                glyphs=per_line(batch["glyphs"]).flatten(1, 2),
-                positions=positions[:, :, 0],
-                masked_latents=ref["latent.masked_z"],
+            model_output = pack_eps(
+                models, ref, batch, x_noisy, t,
                 only_mid_control=bool(settings.get("only_mid_control", False)),
                 attnx_scale=float(settings.get("attnx_scale", 1.0)),
                 control_scales=settings["control_scales"],
-            )
+            )  # fmt: skip
     finally:
         models["attnx"].detach()
     assert_close("loss.model_output", model_output, ref["loss.model_output"])
@@ -147,7 +156,6 @@ def test_predict_noise_applies_the_control_scales(pack):
     """The reference's apply_model multiplies residual i by control_scales[i] before the UNet adds it. With
     scales that are not 1 (the pack's are 1), our training call must equal the UNet fed the reference's own
     residuals (``control.out.*``, independent of the noisy latent under fast control) times those scales."""
-    from anytext2_diffusers.training.step import predict_noise
 
     ref, meta, models, batch = pack["ref"], pack["meta"], pack["models"], pack["batch"]
     settings = meta["settings"]
@@ -159,18 +167,8 @@ def test_predict_noise_applies_the_control_scales(pack):
     models["attnx"].attach(models["unet"])
     try:
         with torch.no_grad():
-            ours = predict_noise(
-                models["unet"],
-                models["controlnet"],
-                x_noisy,
-                t,
-                ref["cond.img_context"],
-                ref["cond.text_context"],
-                glyphs=per_line(batch["glyphs"]).flatten(1, 2),
-                positions=per_line(batch["positions"])[:, :, 0],
-                masked_latents=ref["latent.masked_z"],
-                attnx_scale=attnx_kwargs["attnx_scale"],
-                control_scales=scales,
+            ours = pack_eps(
+                models, ref, batch, x_noisy, t, attnx_scale=attnx_kwargs["attnx_scale"], control_scales=scales
             )
             expected = models["unet"](
                 x_noisy,
