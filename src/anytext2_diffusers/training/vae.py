@@ -43,13 +43,21 @@ class VAETrainingConfig:
     edge_weight: float = 1.0
     block_out_channels: tuple = (32, 32, 64, 64)
     layers_per_block: int = 2
+    # GroupNorm groups. 32 groups on the tiny VAE's 32-channel levels normalise every channel of every crop
+    # on its own (instance norm): each crop's colour and contrast are removed before the output conv, and
+    # the reconstructions come out grey (docs/demo_model.md). 8 groups keep 4 channels per group.
+    norm_num_groups: int = 8
 
 
 def vae_config(config: VAETrainingConfig) -> dict:
     from ..testing import tiny_vae_config
 
     cfg = tiny_vae_config()
-    cfg.update(block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block)
+    cfg.update(
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+    )
     cfg["sample_size"] = config.resolution
     return cfg
 
