@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--until", choices=STAGES, default="export", help="last stage to run")
     p.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
     p.add_argument("--n_train", type=int, default=4000, help="synthetic training images")
-    p.add_argument("--vae_steps", type=int, default=1500)
+    p.add_argument("--vae_steps", type=int, default=6000)
     p.add_argument("--anytext2_steps", type=int, default=20000)
     p.add_argument("--export_dir", default="demo-model", help="fp16 folder written by the export stage")
     p.add_argument("--score_vae", action="store_true", help="only score the latest VAE checkpoint, then exit")
