@@ -4,12 +4,15 @@ trained model, merged output, option errors."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 from unittest import mock
 
 import pytest
 import torch
 from _training_helpers import make_data, reset_accelerate, save_small_recognizer, tiny_config
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from anytext2_diffusers.models.attnx import AnyText2AttnXModel
@@ -148,8 +151,10 @@ def test_final_folder_holds_base_components_and_adapter_files(lora_run):
     assert all(torch.equal(v, trained[k]) for k, v in saved_writenet.items())  # with the fully trained parts
     unet_lora = load_file(os.path.join(out, lora.UNET_LORA_WEIGHTS))
     assert unet_lora and all(k.startswith("unet.") and ".lora." in k for k in unet_lora)  # diffusers format
-    for name in ("controlnet", "attnx"):
-        assert os.path.isfile(os.path.join(out, f"{name}_lora", "adapter_config.json"))
+    for name in ("controlnet", "attnx"):  # save_lora_adapter's file: peft keys, the LoraConfig in its metadata
+        with safe_open(os.path.join(out, f"{name}_lora", lora.ADAPTER_WEIGHTS), "pt") as f:
+            assert json.loads(f.metadata()[LORA_ADAPTER_METADATA_KEY])["r"] == 4
+            assert f.keys() and all(".lora_A." in k or ".lora_B." in k for k in f.keys())
     size, total = sum(v.numel() for v in unet_lora.values()), sum(v.numel() for v in stock_unet.values())
     print(f"UNet LoRA file: {len(unet_lora)} tensors, {size:,} parameters (UNet: {total:,})")
 
