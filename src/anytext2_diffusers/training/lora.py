@@ -39,7 +39,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..utils.dtype import cast_model
+from ..utils.dtype import cast_model, no_empty_float32_warning
 from .output import save_pipeline_folder
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def save_adapter(model: nn.Module, folder: str, with_trained_base: bool = False)
     """``model.save_lora_adapter(folder)``; ``with_trained_base``: also the fully trained non-adapter parameters
     (checkpoints). Both read ``model.state_dict()``, which ``distributed.state_dict_from`` can point at
     DeepSpeed's float32 masters."""
-    model.save_lora_adapter(folder, adapter_name=ADAPTER_NAME, weight_name=ADAPTER_WEIGHTS)
+    with no_empty_float32_warning():
+        model.save_lora_adapter(folder, adapter_name=ADAPTER_NAME, weight_name=ADAPTER_WEIGHTS)
     if with_trained_base:
         values = model.state_dict()
         trained = [k for k, p in model.named_parameters() if p.requires_grad and not is_lora_param(k)]
