@@ -98,8 +98,8 @@ def test_save_lora_adapter_then_load_lora_adapter_reproduces_the_trained_model(k
 
     model.save_lora_adapter(str(tmp_path), weight_name=lora.ADAPTER_WEIGHTS)
     fresh = case.build().eval()
-    fresh.load_lora_adapter(
-        str(tmp_path), prefix=None, weight_name=lora.ADAPTER_WEIGHTS, adapter_name=lora.ADAPTER_NAME
+    fresh.load_lora_adapter(  # as docs/lora.md shows
+        str(tmp_path), weight_name="pytorch_lora_weights.safetensors", prefix=None, adapter_name=lora.ADAPTER_NAME
     )
     assert fresh.peft_config[lora.ADAPTER_NAME].lora_alpha == 4  # the config travels in the file's metadata
     with torch.no_grad():
@@ -152,3 +152,24 @@ def test_earlier_peft_adapter_folders_still_load(tmp_path):
         with torch.no_grad():
             assert torch.equal(case.output(model), outputs[kind]), kind
     assert not os.path.exists(tmp_path / lora.UNET_LORA_WEIGHTS)
+
+
+def test_checkpoint_adapter_folders_resume_in_place_old_and_new(tmp_path):
+    """Resume (``lora.load_adapter``) fills the adapters ``add_adapters`` made, keeping the parameter objects the
+    optimizer holds, from ``save_adapter``'s folder and from an earlier release's ``adapter_model.safetensors``."""
+    case = Case("controlnet")
+    model, _ = trained(case)
+    new, old = tmp_path / "new", tmp_path / "old"
+    lora.save_adapter(model, str(new), with_trained_base=True)
+    os.makedirs(old)
+    save_file(get_peft_model_state_dict(model), str(old / lora.PEFT_ADAPTER_WEIGHTS))
+    with torch.no_grad():
+        out = case.output(model)
+    for folder in (new, old):
+        fresh = case.build().eval()
+        fresh.add_adapter(lora_config("controlnet"))
+        params = {n: p for n, p in fresh.named_parameters()}
+        lora.load_adapter(fresh, str(folder))
+        assert all(p is params[n] for n, p in fresh.named_parameters())  # in place
+        with torch.no_grad():
+            assert torch.equal(case.output(fresh), out), folder.name
