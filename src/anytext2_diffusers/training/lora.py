@@ -3,9 +3,11 @@
 ``--lora_rank R`` puts adapters (``--lora_target_modules``, default the attention projections) on each of
 ``--lora_components``. All three models are diffusers ``PeftAdapterMixin`` models, so adapters are added,
 saved, loaded and merged by diffusers and peft (``add_adapter``, ``save_lora_adapter``, ``load_lora_adapter``,
-``fuse_lora`` / ``unfuse_lora`` / ``unload_lora``, peft's ``get/set_peft_model_state_dict``); this module only
-decides what gets adapters, what trains, and which files go where. The UNet's adapter state dict has the stock
-UNet's key names (AttnX lives outside the UNet), so the result is an ordinary SD1.5 UNet LoRA. WriteNet's
+``fuse_lora`` / ``unfuse_lora`` / ``unload_lora``, peft's ``get/set_peft_model_state_dict``); this module
+decides what gets adapters, what trains, and which files go where, and lifts the peft layers out while the
+base components are written (``adapters_removed``: an ``unload_lora`` that can be undone). The UNet's adapter
+state dict has the stock UNet's key names (AttnX lives outside the UNet), so the result is an ordinary SD1.5
+UNet LoRA. WriteNet's
 zero-initialised convs (``controlnet_down_blocks``, ``controlnet_mid_block``, ``fuse_block``) and its
 glyph/position encoders keep full training and get no adapter: a LoRA delta on a zero-initialised layer starts
 at zero like the layer but is confined to rank R, and these layers are small.
@@ -216,14 +218,16 @@ def save_final(parts: dict, config) -> None:
     names = [name for name in LORA_COMPONENTS if has_adapter(parts[name])]
     models = [parts[name] for name in names]
     if config.merge_lora_at_end:
-        for model in models:
-            cast_model(model, torch.float32)  # merge in float32 (the base may be fp16/bf16 under mixed precision)
-            model.fuse_lora(adapter_names=[ADAPTER_NAME])
+        fused = []
         try:
+            for model in models:
+                cast_model(model, torch.float32)  # merge in float32 (the base may be fp16/bf16 under mixed precision)
+                model.fuse_lora(adapter_names=[ADAPTER_NAME])
+                fused.append(model)
             with adapters_removed(models):
                 save_pipeline_folder(parts, out, stale=ADAPTER_FILES)
         except BaseException:
-            for model in models:
+            for model in fused:
                 model.unfuse_lora()  # W - scale B A: the base weights as trained, beside their adapters
             raise
         for model in models:
