@@ -7,10 +7,9 @@ saved, loaded and merged by diffusers and peft (``add_adapter``, ``save_lora_ada
 decides what gets adapters, what trains, and which files go where, and lifts the peft layers out while the
 base components are written (``adapters_removed``: an ``unload_lora`` that can be undone). The UNet's adapter
 state dict has the stock UNet's key names (AttnX lives outside the UNet), so the result is an ordinary SD1.5
-UNet LoRA. WriteNet's
-zero-initialised convs (``controlnet_down_blocks``, ``controlnet_mid_block``, ``fuse_block``) and its
-glyph/position encoders keep full training and get no adapter: a LoRA delta on a zero-initialised layer starts
-at zero like the layer but is confined to rank R, and these layers are small.
+UNet LoRA. WriteNet's zero-initialised convs (``controlnet_down_blocks``, ``controlnet_mid_block``,
+``fuse_block``) and its glyph/position encoders keep full training and get no adapter: a LoRA delta on a
+zero-initialised layer starts at zero like the layer but is confined to rank R, and these layers are small.
 
 A layer with an adapter never trains its base weight (so merge/unmerge are exact); other parameters of a
 LoRA component train only by their own rule (UNet decoder with ``--no-sd_locked``, the WriteNet parts above).
