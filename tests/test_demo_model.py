@@ -61,6 +61,10 @@ def test_vae_stage_resumes_exactly_and_learns(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "b" / "log.jsonl")]
     assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
     assert os.path.isfile(tmp_path / "b" / "vae" / "config.json")
+    changed = _vae_config(tmp_path / "b", 6)
+    changed.norm_num_groups = 16  # same weight shapes: only the recorded config can tell
+    with pytest.raises(ValueError, match="checkpoint.pt: field vae_config.norm_num_groups is 8"):
+        train_vae(changed, images)
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -375,11 +375,13 @@ def score_vae_checkpoint(work: str, data: dict) -> dict:
     """OCR of the held-out lines reconstructed by the VAE's latest checkpoint (to follow a running stage)."""
     from diffusers import AutoencoderKL
 
-    from .training.vae import CHECKPOINT, load_images, reconstruct, vae_config
+    from .training.vae import CHECKPOINT, check_checkpoint_config, load_images, reconstruct, vae_config
 
     config = vae_config_for(work, data, 0)
-    state = torch.load(os.path.join(config.output_dir, CHECKPOINT), map_location="cpu", weights_only=True)
+    path = os.path.join(config.output_dir, CHECKPOINT)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     vae = AutoencoderKL(**vae_config(config))
+    check_checkpoint_config(path, state, vae)
     vae.load_state_dict(state["model"])
     held = load_images([data["heldout_images"]], RESOLUTION)
     out = os.path.join(work, "vae", f"eval_step{state['step']}")
