@@ -59,8 +59,10 @@ def resize_for_detection(height: int, width: int, limit_side_len: int = 960, lim
         ratio = limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
     else:
         raise ValueError(f"limit_type must be 'max', 'min' or 'resize_long', got {limit_type!r}")
-    new_h = max(int(round(height * ratio / 32) * 32), 32)
-    new_w = max(int(round(width * ratio / 32) * 32), 32)
+    # Scaled sides are truncated to whole pixels before rounding to 32, as both PaddleOCR's and
+    # RapidOCR's DetResizeForTest do (it decides the rounding when int(side * ratio) / 32 is near n + 0.5).
+    new_h = max(int(round(int(height * ratio) / 32) * 32), 32)
+    new_w = max(int(round(int(width * ratio) / 32) * 32), 32)
     return new_h, new_w
 
 
