@@ -65,6 +65,9 @@ def test_resize_for_detection_follows_paddleocr():
     assert resize_for_detection(256, 512, 960, "resize_long") == (480, 960)
     # Sides are truncated to whole pixels before rounding to 32 (84 * 0.96 = 80.64 -> 80 -> 2.5 -> 2 x 32).
     assert resize_for_detection(84, 1000) == (64, 960)
+    # 736 / min would make a 10000 x 200 banner 36800 x 736; PaddleX's guard caps the longer side at 4000.
+    assert resize_for_detection(200, 10000, 736, "min") == (64, 4000)
+    assert resize_for_detection(200, 10000, 736, "min", max_side_limit=None) == (736, 36800)
 
 
 def test_db_boxes_grow_by_the_unclip_distance_and_keep_rotation():
