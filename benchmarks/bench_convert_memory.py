@@ -26,19 +26,16 @@ def make_checkpoint(path: str, clip_dir: str) -> None:
     from safetensors.torch import save_file
 
     from anytext2_diffusers.conversion.original import SCHEDULE_KEYS
-    from anytext2_diffusers.conversion.sd15 import default_original_config, init_anytext2_blocks
+    from anytext2_diffusers.conversion.sd15 import anytext2_parts, default_original_config, placement_from_original
     from anytext2_diffusers.conversion.to_original import to_original_state_dict
-    from anytext2_diffusers.models import AnyText2TextEmbeddingModel, PPOCRRecognizer
+    from anytext2_diffusers.models import PPOCRRecognizer
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_train_step import sd15_base
 
     cfg = default_original_config()
-    parts = sd15_base()
-    parts.update(init_anytext2_blocks(parts["unet"], cfg))
-    ocr = PPOCRRecognizer()
-    parts["text_embedding"] = AnyText2TextEmbeddingModel.from_text_encoder(parts["text_encoder"], font_recognizer=ocr)
-    parts["ocr"] = PPOCRRecognizer()
+    base = sd15_base()
+    parts = anytext2_parts(base, PPOCRRecognizer(), **placement_from_original(cfg, base["unet"]))
     for name in ("unet", "attnx", "controlnet", "vae", "text_encoder", "text_embedding", "ocr"):
         parts[name].to(torch.float16)  # half precision as the released checkpoints; keeps this step small
     state = to_original_state_dict(

@@ -4,12 +4,18 @@ trained model, merged output, option errors."""
 from __future__ import annotations
 
 import copy
+import errno
+import json
 import os
 from unittest import mock
 
 import pytest
+import safetensors.torch
 import torch
 from _training_helpers import make_data, reset_accelerate, save_small_recognizer, tiny_config
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from anytext2_diffusers.models.attnx import AnyText2AttnXModel
@@ -18,6 +24,7 @@ from anytext2_diffusers.pipelines import AnyText2Pipeline
 from anytext2_diffusers.testing import quick_generate, tiny_components
 from anytext2_diffusers.training import TrainingCallback, TrainingConfig, lora, train
 from anytext2_diffusers.training import checkpointing as ckpt
+from anytext2_diffusers.training.output import FinalSaveError
 from anytext2_diffusers.training.trainable import apply_trainable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -148,8 +155,10 @@ def test_final_folder_holds_base_components_and_adapter_files(lora_run):
     assert all(torch.equal(v, trained[k]) for k, v in saved_writenet.items())  # with the fully trained parts
     unet_lora = load_file(os.path.join(out, lora.UNET_LORA_WEIGHTS))
     assert unet_lora and all(k.startswith("unet.") and ".lora." in k for k in unet_lora)  # diffusers format
-    for name in ("controlnet", "attnx"):
-        assert os.path.isfile(os.path.join(out, f"{name}_lora", "adapter_config.json"))
+    for name in ("controlnet", "attnx"):  # save_lora_adapter's file: peft keys, the LoraConfig in its metadata
+        with safe_open(os.path.join(out, f"{name}_lora", lora.ADAPTER_WEIGHTS), "pt") as f:
+            assert json.loads(f.metadata()[LORA_ADAPTER_METADATA_KEY])["r"] == 4
+            assert f.keys() and all(".lora_A." in k or ".lora_B." in k for k in f.keys())
     size, total = sum(v.numel() for v in unet_lora.values()), sum(v.numel() for v in stock_unet.values())
     print(f"UNet LoRA file: {len(unet_lora)} tensors, {size:,} parameters (UNet: {total:,})")
 
@@ -223,6 +232,61 @@ def test_merge_lora_at_end_with_full_decoder_training(assets):
     diff = (quick_generate(float64_pipeline(pipe)) - snap.latents).abs().max().item()
     print(f"merged LoRA folder vs in-training model: max |diff| = {diff:.2e}")
     assert diff <= 1e-5
+
+
+class Weights(TrainingCallback):
+    """The weights when training ends (before the final folder), and the components themselves."""
+
+    def on_train_end(self, parts):
+        self.parts = parts
+        self.weights = {n: {k: v.detach().clone() for k, v in parts[n].state_dict().items()} for n in COMPONENTS}
+
+
+def test_a_failed_merged_final_save_leaves_a_fallback_checkpoint_of_the_trained_adapters(lora_run, assets):
+    """``--merge_lora_at_end`` fuses the adapters in place. When the final folder cannot be written (a full disk
+    from its first file on), the adapters are unfused before the fallback checkpoint is written: it holds the
+    adapters and fully trained parameters of the straight run's checkpoint-6 (not merged whole components), and
+    resuming from it gives back exactly the weights training ended with."""
+    config, _, _ = lora_run
+    out = str(assets["root"] / "merge_fails")
+    common = dict(max_train_steps=6, checkpointing_steps=4, merge_lora_at_end=True, **LORA)  # none at step 6
+    real = lora.save_pipeline_folder
+
+    def full_disk(parts, output_dir, **kwargs):
+        def save_file(tensors, filename, metadata=None):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with mock.patch.object(safetensors.torch, "save_file", save_file):
+            return real(parts, output_dir, **kwargs)
+
+    failed = Weights()
+    with mock.patch.object(lora, "save_pipeline_folder", full_disk):
+        with pytest.raises(FinalSaveError, match="No space left on device.*checkpoint-6"):
+            train(tiny_config(out, assets["train"], assets["ocr"], **common), failed)
+    reset_accelerate()
+
+    for name in ("unet", "controlnet", "attnx"):  # in memory: the adapters back in place, unmerged
+        model = failed.parts[name]
+        assert lora.has_adapter(model) and not any(
+            m.merged for m in model.modules() if isinstance(m, BaseTunerLayer)
+        ), name
+    fallback = os.path.join(out, "checkpoint-6")
+    assert ckpt.is_complete(fallback) and "model_index.json" not in os.listdir(out)
+    assert not any(os.path.isdir(os.path.join(fallback, n)) for n in ("unet", "controlnet", "attnx"))
+    kept, straight = read_checkpoint(fallback), read_checkpoint(os.path.join(config.output_dir, "checkpoint-6"))
+    assert kept.keys() == straight.keys() and any("lora_B" in k for k in kept)
+    diff = max((kept[k] - straight[k]).abs().max().item() for k in kept)
+    print(f"fallback checkpoint vs the straight run's checkpoint-6: max |diff| over {len(kept)} tensors = {diff:.1e}")
+    assert diff <= 1e-6  # the same steps in the same process: measured 0, as in test_resume_is_exact
+
+    resumed = Weights()  # no steps left: load the fallback checkpoint, then the merged save (it succeeds now)
+    train(tiny_config(out, assets["train"], assets["ocr"], resume_from_checkpoint="latest", **common), resumed)
+    for name in COMPONENTS:
+        before, after = failed.weights[name], resumed.weights[name]
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before), name  # base weights included
+    assert "model_index.json" in os.listdir(out)
+    assert not os.path.exists(os.path.join(out, lora.UNET_LORA_WEIGHTS))  # merged: no adapter files
 
 
 # Leaf convs of WriteNet's fully trained parts, named exactly: without the exclusion they would get adapters.

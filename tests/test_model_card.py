@@ -93,6 +93,7 @@ def test_lora_run_card_and_hint_load_the_adapters(tmp_path):
     card, text = write_and_load(config)
     assert "lora" in card.data.tags and "LoRA (rank 4) on unet, attnx" in text
     assert "load_lora_adapters(pipe, folder)" in text and "| `lora_rank` | `4` |" in text
+    assert "`pytorch_lora_weights.safetensors`" in text and "`attnx_lora/`" in text and "controlnet_lora" not in text
     hint = _next_steps(TrainResult(global_step=7, output_dir=config.output_dir), 1.0, config)
     assert "load_lora_adapters(pipe, " in hint
     merged = make_config(tmp_path, tiny_model=True, lora_rank=4, merge_lora_at_end=True)

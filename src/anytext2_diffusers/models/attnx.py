@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -95,8 +96,9 @@ def _plain_forward(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return norm.forward(h)
 
 
-class AnyText2AttnXModel(ModelMixin, ConfigMixin):
-    """AnyText2's AttnX layers for a ``UNet2DConditionModel``; attach/detach, save and load on their own."""
+class AnyText2AttnXModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """AnyText2's AttnX layers for a ``UNet2DConditionModel``; attach/detach, save and load on their own.
+    LoRA adapters through diffusers' ``PeftAdapterMixin``, as on the UNet (docs/lora.md)."""
 
     _supports_gradient_checkpointing = False
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2DCrossAttn, get_down_block
@@ -55,12 +56,13 @@ POSITION_PLAN = [(8, 1), (8, 1), (16, 2), (16, 1), (32, 2), (32, 1), (64, 2)]
 GLYPH_FEATURES, POSITION_FEATURES = 256, 64
 
 
-class AnyText2ControlNetModel(ModelMixin, ConfigMixin):
+class AnyText2ControlNetModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """AnyText2's WriteNet (reference: ``cldm.cldm.ControlNet``) as a diffusers model.
 
     Key names follow diffusers' ``ControlNetModel`` (``conv_in``, ``down_blocks``, ``mid_block``,
     ``controlnet_down_blocks``, ``controlnet_mid_block``) plus ``glyph_block``, ``position_block`` and
-    ``fuse_block`` for AnyText2's hint encoder.
+    ``fuse_block`` for AnyText2's hint encoder. ``PeftAdapterMixin``: LoRA adapters through diffusers' own
+    ``add_adapter`` / ``save_lora_adapter`` / ``load_lora_adapter`` / ``fuse_lora`` (docs/lora.md).
     """
 
     _supports_gradient_checkpointing = True

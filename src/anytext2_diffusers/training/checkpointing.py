@@ -404,7 +404,8 @@ def register_hooks(accelerator, saved: list[str]) -> None:
                 gathered = None if full is None else distributed.component_state_dict(full, name)
                 if lora.has_adapter(component):  # adapter + fully trained parameters only (small)
                     folder = os.path.join(output_dir, f"{name}_lora")
-                    lora.save_adapter(component, folder, with_trained_base=True, state_dict=gathered)
+                    with distributed.state_dict_from(component, gathered):
+                        lora.save_adapter(component, folder, with_trained_base=True)
                 elif gathered is not None:
                     distributed.save_component(component, os.path.join(output_dir, name), gathered)
                 else:

@@ -10,9 +10,9 @@
   AttnX, text embedding, UNet), so AttnX's layers, which the UNet calls from hooks, are whole when used.
   accelerate 1.15 drops the FSDP plugin on CPU processes (``enable_fsdp_on_cpu_processes`` puts it back);
   validation on the main process needs every process to unshard first (``unsharded``).
-* Full weights (``gather`` / ``save_component`` / ``materialize``): the component folders of checkpoints
-  and the final folder hold whole float32 weights even where the prepared model holds FSDP shards or
-  DeepSpeed's half-precision copies.
+* Full weights (``gather`` / ``state_dict_from`` / ``save_component`` / ``materialize``): the component
+  folders of checkpoints and the final folder hold whole float32 weights even where the prepared model holds
+  FSDP shards or DeepSpeed's half-precision copies.
 
 Not supported under FSDP (refused in ``check_fsdp_supported``): FSDP1, auto-wrap policies (a nested unit
 would all-gather in the main-process-only validation and deadlock), ``--use_ema`` and LoRA (untested with
@@ -253,9 +253,14 @@ def component_state_dict(full: dict, name: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
 
 
-def save_component(component, folder: str, state_dict: dict) -> None:
-    """``component.save_pretrained(folder)`` writing ``state_dict`` (from ``gather``) instead of the component's
-    own parameters (shards or half-precision copies): its ``state_dict`` method is shadowed for the call."""
+@contextlib.contextmanager
+def state_dict_from(component, state_dict: dict | None):
+    """While open, ``component.state_dict()`` returns ``state_dict`` (from ``gather``) instead of the component's
+    own parameters (shards or half-precision copies), so writers that read it (``save_pretrained``, diffusers'
+    ``save_lora_adapter``) write the full float32 weights. ``None``: the component's own weights."""
+    if state_dict is None:
+        yield
+        return
     expected = set(component.state_dict().keys())
     if set(state_dict) != expected:
         raise KeyError(
@@ -263,9 +268,15 @@ def save_component(component, folder: str, state_dict: dict) -> None:
         )
     component.state_dict = lambda *args, **kwargs: dict(state_dict)
     try:
-        component.save_pretrained(folder)
+        yield
     finally:
         del component.state_dict
+
+
+def save_component(component, folder: str, state_dict: dict) -> None:
+    """``component.save_pretrained(folder)`` writing ``state_dict`` (from ``gather``)."""
+    with state_dict_from(component, state_dict):
+        component.save_pretrained(folder)
 
 
 def materialize(model, full: dict) -> None:

@@ -127,6 +127,14 @@ def _repo_name(config) -> str:
     return public_path(config.output_dir)
 
 
+# Where a LoRA run's adapters sit in the output folder (training/lora.py), for the model card.
+ADAPTER_FILE_TEXT = {
+    "unet": "UNet: `pytorch_lora_weights.safetensors` in diffusers' format (`pipe.load_lora_weights`)",
+    "controlnet": "WriteNet: `controlnet_lora/` (`pipe.controlnet.load_lora_adapter`)",
+    "attnx": "AttnX: `attnx_lora/` (`pipe.attnx.load_lora_adapter`)",
+}
+
+
 def usage_snippet(config) -> str:
     """Python that loads this output (with its LoRA adapters when the run wrote adapter files) and samples."""
     from .lora import lora_components
@@ -178,7 +186,10 @@ def model_card(config, global_step: int, metrics: dict[str, float], image_paths:
     if adapters:
         how = "merged into the weights" if config.merge_lora_at_end else "saved as adapter files beside the base"
         training = f"LoRA (rank {config.lora_rank}) on {', '.join(adapters)}, {how}" + (
-            ": load them with `load_lora_adapters` as below" if not config.merge_lora_at_end else ""
+            f" ({'; '.join(ADAPTER_FILE_TEXT[name] for name in adapters)}): load them with `load_lora_adapters` "
+            "as below"
+            if not config.merge_lora_at_end
+            else ""
         )
     lines = [
         f"# {os.path.basename(os.path.abspath(config.output_dir))}",

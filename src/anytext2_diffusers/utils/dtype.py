@@ -7,6 +7,9 @@ which does the same work quietly. A model that does list some keeps diffusers' p
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import torch
 from torch import nn
 
@@ -25,3 +28,20 @@ def dtype_kwarg(dtype: torch.dtype) -> dict:
     except ImportError:
         return {"torch_dtype": dtype}
     return {"dtype": dtype}
+
+
+class _EmptyFloat32Warning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def no_empty_float32_warning():
+    """Drops that same empty warning while open: diffusers' ``save_lora_adapter`` calls ``self.to(dtype=None)``,
+    which casts nothing and still warns once per save."""
+    log, quiet = logging.getLogger("diffusers.models.modeling_utils"), _EmptyFloat32Warning()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
