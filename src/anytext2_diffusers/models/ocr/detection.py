@@ -9,8 +9,9 @@ Post-processing follows PaddleOCR's ``DBPostProcess`` with the defaults of ``too
 binarise the probability map at 0.3, take each contour's minimum-area rectangle, keep it when the mean
 probability inside is at least 0.6, grow it by ``area * 1.5 / perimeter`` on every side (the Vatti
 offset of a rectangle, whose minimum-area rectangle is exactly the rectangle grown by that distance),
-and map it back to the image. Inputs are resized so the longer side is at most 960 pixels, each side
-a multiple of 32.
+and map it back to the image. Inputs are resized so the longer side is at most 960 pixels (or, with
+RapidOCR's ``min`` rule, the shorter side at least 736), the longer side capped at 4000, each side a
+multiple of 32.
 """
 
 from __future__ import annotations
@@ -47,10 +48,14 @@ class DBPostProcessConfig:
     use_dilation: bool = False  # grow the binary map by a 2x2 kernel first (RapidOCR turns this on)
 
 
-def resize_for_detection(height: int, width: int, limit_side_len: int = 960, limit_type: str = "max"):
+def resize_for_detection(
+    height: int, width: int, limit_side_len: int = 960, limit_type: str = "max", max_side_limit: int | None = 4000
+):
     """Network input size: ``max`` shrinks so the longer side is at most ``limit_side_len``, ``min``
     enlarges so the shorter side is at least that (RapidOCR's rule), ``resize_long`` scales the longer
-    side to exactly that; then each side is rounded to a multiple of 32."""
+    side to exactly that; a result longer than ``max_side_limit`` is scaled down to it (the guard of
+    PaddleX's DetResizeForTest, which PaddleOCR 3 runs: without it ``min`` turns a 10000 x 200 banner
+    into a 36800 x 736 input); then each side is rounded to a multiple of 32."""
     if limit_type == "max":
         ratio = limit_side_len / max(height, width) if max(height, width) > limit_side_len else 1.0
     elif limit_type == "resize_long":
@@ -59,9 +64,13 @@ def resize_for_detection(height: int, width: int, limit_side_len: int = 960, lim
         ratio = limit_side_len / min(height, width) if min(height, width) < limit_side_len else 1.0
     else:
         raise ValueError(f"limit_type must be 'max', 'min' or 'resize_long', got {limit_type!r}")
-    new_h = max(int(round(height * ratio / 32) * 32), 32)
-    new_w = max(int(round(width * ratio / 32) * 32), 32)
-    return new_h, new_w
+    # Scaled sides are truncated to whole pixels before rounding to 32, as both PaddleOCR's and
+    # RapidOCR's DetResizeForTest do (it decides the rounding when int(side * ratio) / 32 is near n + 0.5).
+    new_h, new_w = int(height * ratio), int(width * ratio)
+    if max_side_limit and max(new_h, new_w) > max_side_limit:
+        shrink = max_side_limit / max(new_h, new_w)
+        new_h, new_w = int(new_h * shrink), int(new_w * shrink)
+    return max(int(round(new_h / 32) * 32), 32), max(int(round(new_w / 32) * 32), 32)
 
 
 def _mini_box(points: np.ndarray) -> tuple[np.ndarray, float]:
@@ -144,6 +153,7 @@ class PPOCRDetector:
         limit_type: str = "max",
         postprocess: DBPostProcessConfig | None = None,
         num_threads: int | None = None,
+        max_side_limit: int | None = 4000,
     ):
         import onnxruntime as ort
 
@@ -172,12 +182,13 @@ class PPOCRDetector:
         self.onnx_path = path
         self.limit_side_len = limit_side_len
         self.limit_type = limit_type
+        self.max_side_limit = max_side_limit
         self.postprocess = postprocess or DBPostProcessConfig()
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> (3, h, w) float32 network input (BGR, ImageNet-normalised)."""
         h, w = image.shape[:2]
-        new_h, new_w = resize_for_detection(h, w, self.limit_side_len, self.limit_type)
+        new_h, new_w = resize_for_detection(h, w, self.limit_side_len, self.limit_type, self.max_side_limit)
         resized = cv2.resize(image[:, :, ::-1], (new_w, new_h))
         x = (resized.astype(np.float32) / 255.0 - _MEAN) / _STD
         return x.transpose(2, 0, 1)
