@@ -46,7 +46,7 @@ def loop_cpu(work: str, data: dict, init: dict, steps: int, name: str) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--vae_steps", type=int, default=1500, help="recipe steps to project")
+    p.add_argument("--vae_steps", type=int, default=6000, help="recipe steps to project")
     p.add_argument("--anytext2_steps", type=int, default=20000, help="recipe steps to project")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,6 +3,7 @@
     python examples/make_demo_model.py --work_dir demo-train            # runs/resumes every stage
     python examples/make_demo_model.py --work_dir demo-train --until vae
     python examples/make_demo_model.py --work_dir demo-train --score_vae  # OCR of the latest VAE checkpoint
+    python examples/make_demo_model.py --work_dir demo-train --score_anytext2  # held-out words, latest loop checkpoint
 
 Each stage is skipped once done and resumes from its checkpoints when interrupted, so the recipe can be
 run again (in another session) until it finishes; ``recipe.json`` in the work folder records what ran
@@ -25,10 +26,17 @@ def main(argv=None) -> int:
     p.add_argument("--until", choices=STAGES, default="export", help="last stage to run")
     p.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
     p.add_argument("--n_train", type=int, default=4000, help="synthetic training images")
-    p.add_argument("--vae_steps", type=int, default=1500)
+    p.add_argument("--vae_steps", type=int, default=6000)
     p.add_argument("--anytext2_steps", type=int, default=20000)
     p.add_argument("--export_dir", default="demo-model", help="fp16 folder written by the export stage")
     p.add_argument("--score_vae", action="store_true", help="only score the latest VAE checkpoint, then exit")
+    p.add_argument(
+        "--score_anytext2",
+        action="store_true",
+        help="only generate and read the held-out words with the latest AnyText2 loop checkpoint, then exit",
+    )
+    p.add_argument("--score_limit", type=int, default=None, help="first N held-out words for --score_anytext2")
+    p.add_argument("--score_sampler_steps", type=int, default=20, help="DDIM steps for --score_anytext2")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     last = STAGES.index(args.until)
@@ -36,6 +44,10 @@ def main(argv=None) -> int:
     data = dm.stage_data(args.work_dir, n_train=args.n_train, seed=args.seed)
     if args.score_vae:
         print(json.dumps(dm.score_vae_checkpoint(args.work_dir, data), ensure_ascii=False))
+        return 0
+    if args.score_anytext2:
+        scored = dm.score_anytext2_checkpoint(args.work_dir, data, args.score_sampler_steps, args.score_limit)
+        print(json.dumps(scored, ensure_ascii=False))
         return 0
     if last >= 1:
         dm.stage_vae(args.work_dir, data, steps=args.vae_steps, seed=args.seed)

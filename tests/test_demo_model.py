@@ -10,7 +10,7 @@ import torch
 from anytext2_diffusers import demo_model as dm
 from anytext2_diffusers.data.demo_words import HELDOUT_CHINESE, HELDOUT_LATIN, HELDOUT_WORDS, training_pools
 from anytext2_diffusers.data.synth import make_demo_data
-from anytext2_diffusers.training.vae import VAETrainingConfig, train_vae
+from anytext2_diffusers.training.vae import VAETrainingConfig, train_vae, vae_config
 
 
 def test_training_pools_exclude_the_heldout_words_and_synth_draws_only_from_them(tmp_path):
@@ -24,6 +24,17 @@ def test_training_pools_exclude_the_heldout_words_and_synth_draws_only_from_them
     with open(path, encoding="utf-8") as f:
         texts = [a["text"] for r in json.load(f)["data_list"] for a in r["annotations"]]
     assert texts and set(texts) <= set(latin[:5]) | set(chinese[:5])
+
+
+def test_recipe_vae_normalises_groups_of_channels_not_single_channels():
+    # A GroupNorm with one channel per group normalises each channel of each crop on its own, which strips the
+    # crop's colour and contrast (the first run's reconstructions were grey); the recipe keeps >= 4 per group.
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**vae_config(VAETrainingConfig(output_dir="unused")))
+    norms = [m for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and min(m.num_channels // m.num_groups for m in norms) >= 4
+    assert vae.config.latent_channels == 4 and 2 ** (len(vae.config.block_out_channels) - 1) == 8
 
 
 def _vae_config(out, steps):
@@ -50,6 +61,10 @@ def test_vae_stage_resumes_exactly_and_learns(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "b" / "log.jsonl")]
     assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
     assert os.path.isfile(tmp_path / "b" / "vae" / "config.json")
+    changed = _vae_config(tmp_path / "b", 6)
+    changed.norm_num_groups = 16  # same weight shapes: only the recorded config can tell
+    with pytest.raises(ValueError, match="checkpoint.pt: field vae_config.norm_num_groups is 8"):
+        train_vae(changed, images)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -68,13 +83,17 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
         data,
         init,
         steps=1,
-        extra_args=["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"],
+        extra_args=["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
+        + ["--checkpointing_steps", "1"],
     )
     assert "--no-sd_locked" in trained["command"] and os.path.isfile(
         os.path.join(trained["pipeline"], "model_index.json")
     )
     scored = dm.stage_eval(work, data, trained["pipeline"], steps=2, limit=2)
     assert scored["ocr"]["lines"] == 2
+    followed = dm.score_anytext2_checkpoint(work, data, steps=2, limit=2)  # how a running stage is followed
+    assert followed["checkpoint"] == "checkpoint-1" and followed["ocr"]["lines"] == 2
+    assert {"controlnet", "attnx", "text_embedding", "unet"} == set(followed["components"])
     out = str(tmp_path / "export")
     exported = dm.stage_export(work, trained["pipeline"], out)
     assert not os.path.exists(os.path.join(out, "ocr")) and exported["bytes"] < 20e6

@@ -43,13 +43,21 @@ class VAETrainingConfig:
     edge_weight: float = 1.0
     block_out_channels: tuple = (32, 32, 64, 64)
     layers_per_block: int = 2
+    # GroupNorm groups. 32 groups on the tiny VAE's 32-channel levels normalise every channel of every crop
+    # on its own (instance norm): each channel's mean and scale over the crop are removed before the output
+    # conv, and the reconstructions came out grey (docs/demo_model.md). 8 groups keep 4 channels per group.
+    norm_num_groups: int = 8
 
 
 def vae_config(config: VAETrainingConfig) -> dict:
     from ..testing import tiny_vae_config
 
     cfg = tiny_vae_config()
-    cfg.update(block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block)
+    cfg.update(
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+    )
     cfg["sample_size"] = config.resolution
     return cfg
 
@@ -100,8 +108,23 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, config: VAETrainingConfig, gen
 
 def _save(path: str, vae, optimizer, step: int, wall: float) -> None:
     tmp = path + ".partial"
-    torch.save(dict(model=vae.state_dict(), optimizer=optimizer.state_dict(), step=step, wall_s=wall), tmp)
+    state = dict(model=vae.state_dict(), optimizer=optimizer.state_dict(), step=step, wall_s=wall)
+    torch.save(dict(state, vae_config=json.dumps(dict(vae.config))), tmp)
     os.replace(tmp, path)
+
+
+def check_checkpoint_config(path: str, state: dict, vae: AutoencoderKL) -> None:
+    """Refuse a checkpoint written with another architecture setting: a changed ``norm_num_groups`` keeps every
+    weight's shape, so loading would succeed and silently train (or score) a different model."""
+    if "vae_config" not in state:  # written before checkpoints recorded their config
+        logger.warning("%s does not record its VAE config; assuming the current one", path)
+        return
+    saved, current = json.loads(state["vae_config"]), json.loads(json.dumps(dict(vae.config)))
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key) and not key.startswith("_"):
+            raise ValueError(
+                f"{path}: field vae_config.{key} is {saved.get(key)!r}, this run's is {current.get(key)!r}"
+            )
 
 
 def train_vae(config: VAETrainingConfig, images: torch.Tensor | None = None) -> dict:
@@ -116,6 +139,7 @@ def train_vae(config: VAETrainingConfig, images: torch.Tensor | None = None) -> 
     step, wall = 0, 0.0
     if os.path.isfile(ckpt_path):
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        check_checkpoint_config(ckpt_path, state, vae)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, wall = int(state["step"]), float(state["wall_s"])
