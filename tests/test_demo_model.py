@@ -67,6 +67,18 @@ def test_vae_stage_resumes_exactly_and_learns(tmp_path):
         train_vae(changed, images)
 
 
+def test_vae_latent_channels_reach_the_model_and_a_changed_count_is_refused(tmp_path):
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8))
+    config = _vae_config(tmp_path, 2)
+    config.latent_channels = 16
+    vae = train_vae(config, images)["vae"]
+    assert vae.config.latent_channels == 16
+    assert vae.encode(images.float() / 127.5 - 1).latent_dist.mode().shape == (2, 16, 8, 8)  # image / 8
+    config.latent_channels, config.max_train_steps = 4, 4
+    with pytest.raises(ValueError, match="field vae_config.latent_channels is 16"):
+        train_vae(config, images)
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     work = str(tmp_path / "work")

@@ -47,6 +47,9 @@ class VAETrainingConfig:
     # on its own (instance norm): each channel's mean and scale over the crop are removed before the output
     # conv, and the reconstructions came out grey (docs/demo_model.md). 8 groups keep 4 channels per group.
     norm_num_groups: int = 8
+    # 4 as SD. More channels carry more letter shape at latent = image / 8 (docs/demo_model.md); the AnyText2
+    # stage of the demo recipe is built for 4 (the tiny UNet's in/out and WriteNet's masked-latent channels).
+    latent_channels: int = 4
 
 
 def vae_config(config: VAETrainingConfig) -> dict:
@@ -57,6 +60,7 @@ def vae_config(config: VAETrainingConfig) -> dict:
         block_out_channels=tuple(config.block_out_channels),
         layers_per_block=config.layers_per_block,
         norm_num_groups=config.norm_num_groups,
+        latent_channels=config.latent_channels,
     )
     cfg["sample_size"] = config.resolution
     return cfg
