@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 import yaml
-from accelerate.state import AcceleratorState, GradientState
+from _training_helpers import reset_accelerate
 
 from anytext2_diffusers.data import make_demo_data
 
@@ -29,8 +29,7 @@ def last_json(capsys) -> dict:
 @pytest.fixture(autouse=True)
 def fresh_accelerate():
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
 
 @pytest.fixture(scope="module")

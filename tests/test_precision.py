@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _training_helpers import make_data, save_small_recognizer, tiny_config
-from accelerate.state import AcceleratorState, GradientState
+from _training_helpers import make_data, reset_accelerate, save_small_recognizer, tiny_config
 from torch import nn
 
 from anytext2_diffusers.data import Collator
@@ -31,8 +30,7 @@ def assets(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def fresh_accelerate():
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
 
 
 def test_aligned_inputs_let_fp16_and_fp32_layers_meet_without_autocast():

@@ -11,8 +11,7 @@ from unittest import mock
 import pytest
 import safetensors.torch
 import yaml
-from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config
-from accelerate.state import AcceleratorState, GradientState
+from _training_helpers import Recorder, make_data, reset_accelerate, save_small_recognizer, tiny_config
 
 import anytext2_diffusers.training as training
 from anytext2_diffusers.training import TrainingCallback, train
@@ -29,11 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("fault_assets")
     return dict(root=root, ocr=save_small_recognizer(str(root / "ocr")), train=make_data(str(root / "train"), 4, 0))
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,7 @@ import os
 
 import pytest
 import torch
-from _training_helpers import Recorder, make_data, save_small_recognizer, tiny_config
-from accelerate.state import AcceleratorState, GradientState
+from _training_helpers import Recorder, make_data, reset_accelerate, save_small_recognizer, tiny_config
 from diffusers import DDPMScheduler
 
 from anytext2_diffusers.training import preflight
@@ -201,8 +200,7 @@ def one_step_runs(tmp_path_factory):
             train(tiny_config(str(root / name), data, ocr, max_train_steps=2, **extra), recorder)
             logs[name] = recorder.logs
             logs[name + "_dir"] = str(root / name)
-            AcceleratorState._reset_state(True)
-            GradientState._reset_state()
+            reset_accelerate()
     finally:
         torch.set_num_threads(threads)
     return logs
