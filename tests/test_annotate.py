@@ -35,7 +35,9 @@ from anytext2_diffusers.data.synth import make_rotated_line_data
 from anytext2_diffusers.models.ocr.detection import (
     DBPostProcessConfig,
     boxes_from_probability_map,
+    merge_line_fragments,
     resize_for_detection,
+    same_line,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,6 +93,51 @@ def test_db_boxes_grow_by_the_unclip_distance_and_keep_rotation():
     assert abs(np.degrees(np.arctan2(tr[1] - tl[1], tr[0] - tl[0])) + 30) < 2  # corners start top-left
     low = boxes_from_probability_map(prob, 200, 300, DBPostProcessConfig(box_thresh=0.4))[0]
     assert len(low) == 2  # the weak region passes a lower box threshold
+
+
+def _box(cx, cy, length, height, angle):
+    """Corners of a length x height rectangle centred at (cx, cy), its length axis turned by ``angle``."""
+    return cv2.boxPoints(((cx, cy), (length, height), angle)).astype(np.float32)
+
+
+def _along(angle, distance):
+    t = np.deg2rad(angle)
+    return distance * np.cos(t), distance * np.sin(t)
+
+
+def test_fragments_of_one_line_merge_and_separate_lines_do_not():
+    for angle in (0.0, 35.0, -50.0):
+        # Two halves of a 40-pixel-high line (each 60 long), overlapping by 10 px along the line.
+        dx, dy = _along(angle, 55)
+        a, b = _box(200, 200, 60, 40, angle), _box(200 + dx, 200 + dy, 60, 40, angle)
+        merged = merge_line_fragments(np.stack([a, b]))
+        assert merged.shape == (1, 4, 2), angle
+        (_, _), (w, h), _ = cv2.minAreaRect(merged[0])
+        assert max(w, h) == pytest.approx(115, abs=1) and min(w, h) == pytest.approx(40, abs=1), (angle, w, h)
+        # Two words a word space apart (0.3 line heights) stay two lines.
+        dx, dy = _along(angle, 60 + 12)
+        assert not same_line(a, _box(200 + dx, 200 + dy, 60, 40, angle)), angle
+        # Touching but 0.4 line heights off the axis, or a third as high: different lines.
+        ox, oy = _along(angle + 90, 16)
+        dx, dy = _along(angle, 60)
+        assert not same_line(a, _box(200 + dx + ox, 200 + dy + oy, 60, 40, angle)), angle
+        assert not same_line(a, _box(200 + _along(angle, 40)[0], 200 + _along(angle, 40)[1], 20, 13, angle))
+        # Turned 20 degrees against each other: different lines.
+        assert not same_line(a, _box(200 + dx, 200 + dy, 60, 40, angle + 20)), angle
+    # A vertical two-character word split per character (two 40 x 40 squares, one above the other,
+    # their grown boxes overlapping by 6 px) merges into one upright box.
+    top, bottom = _box(100, 100, 40, 40, 0), _box(100, 134, 40, 40, 0)
+    merged = merge_line_fragments(np.stack([bottom, top]))
+    assert merged.shape == (1, 4, 2)
+    xs, ys = merged[0][:, 0], merged[0][:, 1]
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == pytest.approx((80, 120, 80, 154), abs=1)
+    # Two horizontal lines stacked with touching boxes are long across the join: never merged.
+    assert not same_line(_box(100, 100, 120, 30, 0), _box(100, 128, 120, 30, 0))
+    # Three pieces of one line become one; an unrelated box is kept, reading order top to bottom.
+    pieces = [_box(100 + 45 * k, 300, 50, 30, 0) for k in range(3)] + [_box(100, 100, 80, 30, 0)]
+    merged = merge_line_fragments(np.stack(pieces))
+    assert merged.shape == (2, 4, 2) and merged[0][:, 1].max() < 120
+    assert merge_line_fragments(np.zeros((0, 4, 2), np.float32)).shape == (0, 4, 2)
 
 
 def test_line_language_and_iou_matching():

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..models.ocr import crop_line_by_polygon, ctc_greedy_decode_with_scores, prepare_crops, rotate_if_vertical
+from ..models.ocr import (
+    crop_line_by_polygon,
+    ctc_greedy_decode_with_scores,
+    merge_line_fragments,
+    prepare_crops,
+    rotate_if_vertical,
+)
 
 # CJK Unified Ideographs (+ extension A, compatibility ideographs, extensions B-F).
 _CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
@@ -39,6 +45,9 @@ class AnnotateConfig:
     det_box_thresh: float = 0.5
     det_unclip_ratio: float = 1.6
     det_use_dilation: bool = True
+    # Join boxes that are pieces of one line before reading (models.ocr.merge_line_fragments): the
+    # pieces are otherwise read as words of their own (docs/own_data.md).
+    det_merge_fragments: bool = True
     rec_bgr: bool = True  # crops in BGR order, as PaddleOCR reads (its models were trained on cv2 images)
 
     def __post_init__(self):
@@ -135,6 +144,8 @@ class Annotator:
         crops, owners, results = [], [], []
         for k, (image, (boxes, _)) in enumerate(zip(images, detections)):
             dropped: Counter = Counter()
+            if cfg.det_merge_fragments and len(boxes) > 1:
+                boxes = merge_line_fragments(boxes)
             kept = []
             for box in boxes:
                 if _short_side(box) < cfg.min_box_px:

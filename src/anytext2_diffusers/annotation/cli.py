@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument(
         "--det_use_dilation", action=argparse.BooleanOptionalAction, default=True, help="dilate the text map 2x2"
     )
+    det.add_argument(
+        "--det_merge_fragments",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="join boxes that are pieces of one line (collinear, same height, touching) before reading",
+    )
     ap.add_argument("--batch_size", type=int, default=16, help="images per detection batch and crops per read")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
@@ -70,6 +76,7 @@ def main(argv=None) -> int:
             det_box_thresh=args.det_box_thresh,
             det_unclip_ratio=args.det_unclip_ratio,
             det_use_dilation=args.det_use_dilation,
+            det_merge_fragments=args.det_merge_fragments,
         )
         run = AnnotateRun(
             images=args.images,

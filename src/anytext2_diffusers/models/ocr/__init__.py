@@ -20,7 +20,15 @@ from .crop import (
     umeyama_similarity,
 )
 from .decoding import ctc_greedy_decode, ctc_greedy_decode_with_scores, ctc_greedy_ids
-from .detection import DBPostProcessConfig, PPOCRDetector, boxes_from_probability_map, default_det_onnx_path
+from .detection import (
+    DBPostProcessConfig,
+    FragmentMergeConfig,
+    PPOCRDetector,
+    boxes_from_probability_map,
+    default_det_onnx_path,
+    merge_line_fragments,
+    same_line,
+)
 from .modeling_ppocr import PPOCRRecognizer, PPOCRRecognizerOutput
 from .preprocess import (
     RecognitionResult,
@@ -51,6 +59,7 @@ __all__ = [
     "crop_line_by_polygon",
     "crop_lines",
     "DBPostProcessConfig",
+    "FragmentMergeConfig",
     "PPOCRDetector",
     "boxes_from_probability_map",
     "ctc_greedy_decode",
@@ -60,6 +69,7 @@ __all__ = [
     "default_onnx_path",
     "load_anytext2_ocr_state_dict",
     "load_character_list",
+    "merge_line_fragments",
     "min_area_box_from_mask",
     "min_area_box_from_polygon",
     "prepare_crops",
@@ -71,6 +81,7 @@ __all__ = [
     "rectify_box",
     "resize_norm_crop",
     "rotate_if_vertical",
+    "same_line",
     "text_to_ids",
     "texts_to_labels",
     "to_chw_tensor",

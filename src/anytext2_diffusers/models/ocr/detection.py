@@ -138,6 +138,83 @@ def boxes_from_probability_map(
     return boxes[order], np.asarray(scores, dtype=np.float32)[order]
 
 
+@dataclass
+class FragmentMergeConfig:
+    """When two detector boxes are pieces of one line (``merge_line_fragments``): their axes within
+    ``max_angle`` degrees, the centre of one within ``max_offset`` line heights of the other's axis,
+    line heights within ``min_height_ratio``, each box at least ``min_length`` heights long along the
+    line (so two stacked horizontal lines, each long across the join, never pair), and the boxes
+    touching or overlapping along the line (``max_gap`` heights; 0 = touching)."""
+
+    max_angle: float = 10.0
+    max_offset: float = 0.25
+    min_height_ratio: float = 0.7
+    min_length: float = 0.5
+    max_gap: float = 0.0
+
+
+def _line_axes(box: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The box's min-area-rectangle axis closest to ``direction`` (same sign), its side along that
+    axis and its side across it."""
+    _, (w, h), angle = cv2.minAreaRect(box.astype(np.float32))
+    t = np.deg2rad(angle)
+    e1, e2 = np.array([np.cos(t), np.sin(t)]), np.array([-np.sin(t), np.cos(t)])
+    if abs(e1 @ direction) >= abs(e2 @ direction):
+        return (e1 if e1 @ direction >= 0 else -e1), float(w), float(h)
+    return (e2 if e2 @ direction >= 0 else -e2), float(h), float(w)
+
+
+def same_line(a: np.ndarray, b: np.ndarray, config: FragmentMergeConfig | None = None) -> bool:
+    """Whether boxes ``a`` and ``b`` ((4, 2) points) are two pieces of one text line (see
+    ``FragmentMergeConfig``); measured in the line's own frame, so it holds for any angle."""
+    cfg = config or FragmentMergeConfig()
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    d = b.mean(axis=0) - a.mean(axis=0)
+    if np.linalg.norm(d) < 1e-6:
+        return False
+    d /= np.linalg.norm(d)
+    ua, len_a, height_a = _line_axes(a, d)
+    ub, len_b, height_b = _line_axes(b, d)
+    if min(height_a, height_b) <= 0 or np.degrees(np.arccos(np.clip(ua @ ub, -1.0, 1.0))) > cfg.max_angle:
+        return False
+    if min(height_a, height_b) / max(height_a, height_b) < cfg.min_height_ratio:
+        return False
+    if len_a < cfg.min_length * height_a or len_b < cfg.min_length * height_b:
+        return False
+    u = (ua + ub) / np.linalg.norm(ua + ub)
+    height = (height_a + height_b) / 2
+    if abs((b.mean(axis=0) - a.mean(axis=0)) @ np.array([-u[1], u[0]])) > cfg.max_offset * height:
+        return False
+    pa, pb = a @ u, b @ u
+    gap = max(pb.min() - pa.max(), pa.min() - pb.max())
+    return gap <= cfg.max_gap * height
+
+
+def merge_line_fragments(boxes: np.ndarray, config: FragmentMergeConfig | None = None) -> np.ndarray:
+    """Join detector boxes that are pieces of one line (``same_line``) into the min-area rectangle of
+    both, until no pair is left; (N, 4, 2) in, (M, 4, 2) out in reading order.
+
+    DB splits a line where its text probability dips below the threshold between two characters
+    (short vertical words, steep words); the recognizer then reads each piece as a word of its own."""
+    out = [np.asarray(b, dtype=np.float32) for b in boxes]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                if same_line(out[i], out[j], config):
+                    rect = cv2.minAreaRect(np.concatenate([out[i], out[j]]))
+                    out[i] = order_box_points(cv2.boxPoints(rect)).astype(np.float32)
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    if not out:
+        return np.zeros((0, 4, 2), dtype=np.float32)
+    return np.stack(sorted(out, key=lambda box: (box[0][1], box[0][0])))
+
+
 class PPOCRDetector:
     """PP-OCRv3 DBNet text detector: RGB uint8 images in, 4-point boxes out.
 
