@@ -2,6 +2,8 @@
 
     python benchmarks/bench_annotate.py --speed_images 32 [--device cuda]
     python benchmarks/bench_annotate.py --accuracy_images 40 [--det_limit_type min --det_limit_side_len 736]
+    python benchmarks/bench_annotate.py --accuracy_images 100 --seed 5000 --speed_images 0 --errors \
+        --rapidocr_cache rapidocr.json     # every wrong box, missed line and misread, both pipelines
 
 Accuracy sets: ``anytext2-make-demo-data`` images (512 px, 0-7 lines, Latin and Chinese, some lines
 turned up to 35 degrees, vertical Chinese) and ``make_rotated_line_data`` images (every horizontal
@@ -34,6 +36,7 @@ from anytext2_diffusers.annotation import (  # noqa: E402
     LineAccuracy,
     annotate_folders,
     decode_image,
+    line_errors,
     match_lines,
 )
 from anytext2_diffusers.data.synth import make_demo_data, make_rotated_line_data  # noqa: E402
@@ -46,26 +49,46 @@ def _truth(json_path):
     return [(os.path.join(root, r["img_name"]), r["annotations"]) for r in d["data_list"]]
 
 
-def ours_accuracy(annotator, items):
+def _score(predictions, items, errors_label=None):
+    """Counts over a set; with ``errors_label`` each wrong box, missed line and misread is printed."""
     acc = LineAccuracy()
-    for path, truth in items:
-        image, _ = decode_image(path)
-        acc.add(match_lines(annotator([image])[0].annotations, truth))
+    for (path, truth), predicted in zip(items, predictions):
+        acc.add(match_lines(predicted, truth))
+        for e in line_errors(predicted, truth) if errors_label else ():
+            print(errors_label, os.path.basename(path), json.dumps(e, ensure_ascii=False), flush=True)
     return acc
 
 
-def rapidocr_accuracy(items):
-    try:
-        from rapidocr_onnxruntime import RapidOCR
-    except ImportError as err:  # its GUI-free dependencies (pyclipper, shapely, six) may be missing
-        return None, f"rapidocr_onnxruntime does not import: {err}"
-    engine = RapidOCR()
-    acc = LineAccuracy()
-    for path, truth in items:
-        result, _ = engine(path)
-        predicted = [{"polygon": box, "text": text} for box, text, _ in (result or [])]
-        acc.add(match_lines(predicted, truth))
-    return acc, None
+def ours_accuracy(annotator, items, errors_label=None):
+    predictions = [annotator([decode_image(path)[0]])[0].annotations for path, _ in items]
+    return _score(predictions, items, errors_label)
+
+
+def rapidocr_accuracy(items, errors_label=None, cache=None):
+    """RapidOCR's own pipeline with its defaults; ``cache``: a JSON file of its results by set folder
+    (which names the seed) and image (they depend only on the images)."""
+    cached = {}
+    if cache and os.path.exists(cache):
+        with open(cache, encoding="utf-8") as f:
+            cached = json.load(f)
+    keys = [os.path.relpath(path, os.path.dirname(os.path.dirname(os.path.dirname(path)))) for path, _ in items]
+    if not all(k in cached for k in keys):
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as err:  # its GUI-free dependencies (pyclipper, shapely, six) may be missing
+            return None, f"rapidocr_onnxruntime does not import: {err}"
+        engine = RapidOCR()
+        for key, (path, _) in zip(keys, items):
+            if key not in cached:
+                result, _ = engine(path)
+                cached[key] = [
+                    {"polygon": [[float(v) for v in pt] for pt in box], "text": text, "score": float(score)}
+                    for box, text, score in (result or [])
+                ]
+        if cache:
+            with open(cache, "w", encoding="utf-8") as f:
+                json.dump(cached, f, ensure_ascii=False)
+    return _score([cached[k] for k in keys], items, errors_label), None
 
 
 def runtime_comparison(recognizer, repeats=5):
@@ -109,10 +132,18 @@ def main():
     ap.add_argument("--det_limit_type", default=None)
     ap.add_argument("--paddleocr_detector", action="store_true", help="PaddleOCR's 960 / max / 0.6 / 1.5 / no dilation")
     ap.add_argument("--no_rapidocr", action="store_true")
+    ap.add_argument("--rapidocr_cache", default=None, help="JSON file keeping RapidOCR's results between runs")
+    ap.add_argument("--errors", action="store_true", help="print every wrong box, missed line and misread")
+    ap.add_argument("--min_chars", type=int, default=None, help="override the one-character rule (1: keep them)")
+    ap.add_argument("--no_merge_fragments", action="store_true", help="read detector boxes as they come")
     ap.add_argument("--runtime_comparison", action="store_true", help="recognizer: onnxruntime vs torch")
     a = ap.parse_args()
     overrides = {"det_limit_side_len": a.det_limit_side_len, "det_limit_type": a.det_limit_type}
     overrides = {k: v for k, v in overrides.items() if v}
+    if a.min_chars:
+        overrides["min_chars"] = a.min_chars
+    if a.no_merge_fragments:
+        overrides["det_merge_fragments"] = False
     if a.paddleocr_detector:
         overrides.update(det_limit_side_len=960, det_limit_type="max", det_box_thresh=0.6, det_unclip_ratio=1.5)
         overrides["det_use_dilation"] = False
@@ -127,14 +158,15 @@ def main():
             result["recognizer_batch16"] = runtime_comparison(annotator.recognizer)
             print("recognizer, batch of 16:", result["recognizer_batch16"], flush=True)
         if a.accuracy_images:
+            n, seed = a.accuracy_images, a.seed
             sets = {
-                "demo": _truth(make_demo_data(os.path.join(tmp, "demo"), a.accuracy_images, seed=a.seed)),
-                "rotated": _truth(make_rotated_line_data(os.path.join(tmp, "rot"), a.accuracy_images, seed=a.seed)),
+                "demo": _truth(make_demo_data(os.path.join(tmp, f"demo{seed}"), n, seed=seed)),
+                "rotated": _truth(make_rotated_line_data(os.path.join(tmp, f"rot{seed}"), n, seed=seed)),
             }
             for name, items in sets.items():
-                row = {"ours": ours_accuracy(annotator, items).as_dict()}
+                row = {"ours": ours_accuracy(annotator, items, f"ours {name}" if a.errors else None).as_dict()}
                 if not a.no_rapidocr:
-                    acc, why = rapidocr_accuracy(items)
+                    acc, why = rapidocr_accuracy(items, f"rapidocr {name}" if a.errors else None, a.rapidocr_cache)
                     row["rapidocr"] = acc.as_dict() if acc else why
                 result[f"accuracy_{name}"] = row
                 print(name, json.dumps(row), flush=True)

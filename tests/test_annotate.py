@@ -24,6 +24,7 @@ from anytext2_diffusers.annotation import (
     LineAccuracy,
     annotate_folders,
     decode_image,
+    line_errors,
     line_language,
     match_lines,
     polygon_iou,
@@ -150,6 +151,15 @@ def test_line_language_and_iou_matching():
     pred = [{"polygon": sq, "text": "a "}, {"polygon": [[50, 50], [60, 50], [60, 60], [50, 60]], "text": "b"}]
     acc = match_lines(pred, truth)
     assert (acc.matched, acc.exact, acc.recall, acc.precision) == (1, 1, 0.5, 0.5)
+    errors = line_errors(pred, truth)
+    assert [(e["kind"], e["truth"], e["read"], e["iou"]) for e in errors] == [
+        ("wrong_box", None, "b", 0.0),
+        ("missed", "b", None, 0.0),
+    ]
+    pred[0]["text"], pred[0]["score"] = "x", 0.9
+    errors = line_errors(pred, truth)
+    assert (errors[0]["kind"], errors[0]["read"], errors[0]["score"], errors[0]["iou"]) == ("misread", "x", 0.9, 1.0)
+    assert len(errors) == 3 and len(line_errors([], [])) == 0
 
 
 def test_caption_files(tmp_path):

@@ -3,7 +3,7 @@
 from .annotator import AnnotateConfig, Annotator, ImageAnnotation, line_language, read_crops
 from .captions import CaptionFileError, read_captions
 from .images import decode_image, find_images
-from .metrics import LineAccuracy, match_lines, polygon_iou
+from .metrics import LineAccuracy, line_errors, match_lines, polygon_iou
 from .run import AnnotateRun, annotate_folders, write_json_atomic
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "decode_image",
     "find_images",
     "line_language",
+    "line_errors",
     "match_lines",
     "polygon_iou",
     "read_captions",

@@ -20,7 +20,7 @@ from ..models.ocr import (
 
 # CJK Unified Ideographs (+ extension A, compatibility ideographs, extensions B-F).
 _CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
-DROP_REASONS = ("empty", "low_score", "too_small", "max_lines")
+DROP_REASONS = ("empty", "low_score", "too_short", "too_small", "max_lines")
 
 
 def line_language(text: str) -> str:
@@ -33,6 +33,9 @@ class AnnotateConfig:
     """Line filters and batching (the ``anytext2-annotate`` options of the same names)."""
 
     min_score: float = 0.6
+    # Readings with fewer characters (spaces not counted) are dropped: one-character readings are
+    # mostly pieces of a word the detector split, and RapidOCR 1.2.3 never keeps one (docs/own_data.md).
+    min_chars: int = 2
     min_box_px: float = 8.0
     max_lines: int = 20
     languages: str = "auto"  # "auto" (per line), or "Chinese" / "Latin" for every line
@@ -53,8 +56,8 @@ class AnnotateConfig:
     def __post_init__(self):
         if self.languages not in ("auto", "Chinese", "Latin"):
             raise ValueError(f"languages must be 'auto', 'Chinese' or 'Latin', got {self.languages!r}")
-        if self.max_lines < 1 or self.batch_size < 1:
-            raise ValueError("max_lines and batch_size must be at least 1")
+        if self.max_lines < 1 or self.batch_size < 1 or self.min_chars < 1:
+            raise ValueError("max_lines, batch_size and min_chars must be at least 1")
 
 
 @dataclass
@@ -172,6 +175,9 @@ class Annotator:
                 continue
             if score < cfg.min_score:
                 results[k].dropped["low_score"] += 1
+                continue
+            if len(text.replace(" ", "")) < cfg.min_chars:
+                results[k].dropped["too_short"] += 1
                 continue
             language = line_language(text) if cfg.languages == "auto" else cfg.languages
             results[k].annotations.append(

@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a metadata.jsonl/.csv or captions.jsonl inside a single --images folder, else empty captions)",
     )
     ap.add_argument("--min_score", type=float, default=0.6, help="drop lines read with lower confidence")
+    ap.add_argument(
+        "--min_chars", type=int, default=2, help="drop lines read with fewer characters (1: keep single characters)"
+    )
     ap.add_argument("--min_box_px", type=float, default=8, help="drop lines whose box is thinner (pixels)")
     ap.add_argument("--max_lines", type=int, default=20, help="keep at most this many (largest) lines per image")
     ap.add_argument(
@@ -66,6 +69,7 @@ def main(argv=None) -> int:
     try:
         config = AnnotateConfig(
             min_score=args.min_score,
+            min_chars=args.min_chars,
             min_box_px=args.min_box_px,
             max_lines=args.max_lines,
             languages=args.languages,
