@@ -219,12 +219,61 @@ def test_recall_precision_and_exact_reads_on_known_lines(annotator, tmp_path):
         # 36/37 read exactly; rotated 31/32, 31/31, 30/31: each passes with two more misses.
         assert acc.recall >= 0.9 and acc.precision >= 0.9 and acc.exact_read >= 0.9, (name, acc.as_dict())
         # Match or beat RapidOCR on the same images: measured demo 37 found / 0 wrong boxes / 1 misread
-        # (RapidOCR 37 / 0 / 1), rotated 31 / 0 / 1 (RapidOCR 26 / 0 / 1); the same with 1 and 2 threads.
+        # (RapidOCR 37 / 0 / 1), rotated 31 / 0 / 1 (RapidOCR 26 / 0 / 1); the same with 1 and 2 threads,
+        # and the same with and without joining pieces of a line and dropping one-character readings
+        # (the counts do not move; the joining has its own tests above).
         # Margin: one line each, for a borderline box or score that another CPU's kernels may tip.
         found, wrong_boxes, misreads = RAPIDOCR_ON_FIXED_SET[name]
         assert acc.matched >= found - 1, (name, acc.as_dict())
         assert acc.predicted - acc.matched <= wrong_boxes + 1, (name, acc.as_dict())
         assert acc.matched - acc.exact <= misreads + 1, (name, acc.as_dict())
+
+
+class _FixedBoxes:
+    """A detector stand-in that returns the same boxes for every image."""
+
+    def __init__(self, boxes):
+        self.boxes = np.asarray(boxes, dtype=np.float32)
+
+    def __call__(self, images):
+        return [(self.boxes, np.ones(len(self.boxes), np.float32)) for _ in images]
+
+
+def test_annotator_joins_pieces_before_reading_and_drops_one_character_readings(annotator):
+    from PIL import ImageDraw, ImageFont
+
+    from anytext2_diffusers.data.fonts import BUNDLED_FONT_DIR
+
+    image = Image.new("RGB", (400, 200), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(str(BUNDLED_FONT_DIR / "NotoSans-Regular.ttf"), 48)
+    draw.text((60, 40), "GARDEN", font=font, fill="black")
+    draw.text((60, 120), "K", font=font, fill="black")
+    left, top, right, bottom = draw.textbbox((60, 40), "GARDEN", font=font)
+    k_box = draw.textbbox((60, 120), "K", font=font)
+    mid, pad = (left + right) / 2, 6
+    # GARDEN cut in two overlapping pieces, as DB splits a line; K alone.
+    pieces = [
+        [[left - pad, top - pad], [mid + 8, top - pad], [mid + 8, bottom + pad], [left - pad, bottom + pad]],
+        [[mid - 8, top - pad], [right + pad, top - pad], [right + pad, bottom + pad], [mid - 8, bottom + pad]],
+        [
+            [k_box[0] - pad, k_box[1] - pad],
+            [k_box[2] + pad, k_box[1] - pad],
+            [k_box[2] + pad, k_box[3] + pad],
+            [k_box[0] - pad, k_box[3] + pad],
+        ],
+    ]
+    pixels = np.asarray(image)
+    ours = Annotator(annotator.config, detector=_FixedBoxes(pieces), recognizer=annotator.recognizer)
+    result = ours([pixels])[0]
+    assert [a["text"] for a in result.annotations] == ["GARDEN"], result
+    assert result.dropped["too_short"] == 1
+    xs = [p[0] for p in result.annotations[0]["polygon"]]
+    assert min(xs) <= left - pad + 1 and max(xs) >= right + pad - 1
+    # Without the two rules: both pieces are read as words of their own, and K is kept.
+    config = AnnotateConfig(**{**vars(annotator.config), "det_merge_fragments": False, "min_chars": 1})
+    plain = Annotator(config, detector=_FixedBoxes(pieces), recognizer=annotator.recognizer)([pixels])[0]
+    assert len(plain.annotations) == 3 and "K" in [a["text"] for a in plain.annotations], plain
 
 
 # ------------------------------------------------------------------------------------------------
