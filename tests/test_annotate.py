@@ -139,6 +139,13 @@ def test_fragments_of_one_line_merge_and_separate_lines_do_not():
     merged = merge_line_fragments(np.stack(pieces))
     assert merged.shape == (2, 4, 2) and merged[0][:, 1].max() < 120
     assert merge_line_fragments(np.zeros((0, 4, 2), np.float32)).shape == (0, 4, 2)
+    # A dense page: 40 rows of 12 words, each word in two touching pieces, words half a height apart,
+    # rows 10 px apart: every word is joined, no two words or rows are.
+    page = [_box(20 + 90 * c + dx, 20 + 30 * r, 42, 20, 0) for r in range(40) for c in range(12) for dx in (0, 38)]
+    joined = merge_line_fragments(np.stack(page))
+    assert joined.shape == (480, 4, 2)
+    sides = np.sort([cv2.minAreaRect(b)[1] for b in joined], axis=1)
+    assert np.allclose(sides, [20, 80], atol=1)
 
 
 def test_line_language_and_iou_matching():

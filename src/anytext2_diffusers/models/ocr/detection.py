@@ -195,21 +195,29 @@ def merge_line_fragments(boxes: np.ndarray, config: FragmentMergeConfig | None =
     both, until no pair is left; (N, 4, 2) in, (M, 4, 2) out in reading order.
 
     DB splits a line where its text probability dips below the threshold between two characters
-    (short vertical words, steep words); the recognizer then reads each piece as a word of its own."""
+    (short vertical words, steep words); the recognizer then reads each piece as a word of its own.
+    Only boxes whose circumscribed circles meet are compared, so a dense page stays fast."""
     out = [np.asarray(b, dtype=np.float32) for b in boxes]
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(out)):
-            for j in range(i + 1, len(out)):
+    if len(out) > 1:
+        centres = np.stack([b.mean(axis=0) for b in out])
+        radii = np.array([np.linalg.norm(b - b.mean(axis=0), axis=1).max() for b in out])
+        i = 0
+        while i < len(out):
+            # Box i against every other box (a grown box is compared again, earlier ones included).
+            near = np.linalg.norm(centres - centres[i], axis=1) <= radii + radii[i]
+            near[i] = False
+            for j in np.nonzero(near)[0]:
                 if same_line(out[i], out[j], config):
                     rect = cv2.minAreaRect(np.concatenate([out[i], out[j]]))
                     out[i] = order_box_points(cv2.boxPoints(rect)).astype(np.float32)
+                    centres[i] = out[i].mean(axis=0)
+                    radii[i] = np.linalg.norm(out[i] - centres[i], axis=1).max()
                     del out[j]
-                    merged = True
+                    centres, radii = np.delete(centres, j, axis=0), np.delete(radii, j)
+                    i -= int(j < i)
                     break
-            if merged:
-                break
+            else:
+                i += 1
     if not out:
         return np.zeros((0, 4, 2), dtype=np.float32)
     return np.stack(sorted(out, key=lambda box: (box[0][1], box[0][0])))
