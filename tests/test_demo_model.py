@@ -1,5 +1,6 @@
 """The demo-model recipe: word pools, the VAE stage (exact resume) and every stage on a few steps."""
 
+import dataclasses
 import json
 import os
 
@@ -141,3 +142,26 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
 
     assert not writenet_out(os.path.join(root, "start")).any()  # the check starts with WriteNet silenced
     assert writenet_out(os.path.join(root, "run")).abs().max() > 0  # and the loop's one step reaches it
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_init_stage_follows_the_vae_latent_channels_through_unet_and_writenet(tmp_path):
+    # A 16-channel VAE: the UNet's in/out and WriteNet's noisy- and masked-latent inputs must follow it, else the
+    # pipeline would fail at the first conv (or, worse, a 4-channel slice would be silently fed).
+    from diffusers import AutoencoderKL
+
+    from anytext2_diffusers.evaluation.generate import load_pipeline
+    from anytext2_diffusers.testing import quick_generate
+
+    work = str(tmp_path / "work")
+    data = dm.stage_data(work, n_train=4, n_heldout=2)
+    AutoencoderKL(**vae_config(dataclasses.replace(_vae_config(tmp_path, 1), latent_channels=16))).save_pretrained(
+        os.path.join(work, "vae", "vae")
+    )
+    init = dm.stage_init(work, data)
+    assert init["latent_channels"] == 16
+    pipe = load_pipeline(init["pipeline"], "no", "cpu")
+    assert pipe.unet.config.in_channels == pipe.unet.config.out_channels == 16
+    assert pipe.controlnet.config.in_channels == pipe.controlnet.config.masked_latent_channels == 16
+    latents = quick_generate(pipe, size=64, steps=1)
+    assert latents.shape == (1, 16, 8, 8) and torch.isfinite(latents).all()

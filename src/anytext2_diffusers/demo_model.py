@@ -190,7 +190,8 @@ def stage_init(work: str, data: dict, seed: int = 0) -> dict:
         return done
     from diffusers import AutoencoderKL
 
-    from .training.components import load_components
+    from .testing import tiny_components
+    from .training.components import new_anytext2_parts
     from .training.config import TrainingConfig
     from .training.output import save_pipeline_folder
     from .training.vae import latent_scaling_factor, load_images
@@ -198,14 +199,22 @@ def stage_init(work: str, data: dict, seed: int = 0) -> dict:
     # The font branch reads with the (frozen, pretrained) glyph recognizer instead of a trainable copy:
     # both recognizers then stay the PP-OCRv3 weights rapidocr ships and the model need not carry them.
     config = TrainingConfig(tiny_model=True, seed=seed, train_font_ocr=False)
-    parts = load_components(config)
     vae = AutoencoderKL.from_pretrained(os.path.join(work, "vae", "vae")).eval()
+    # The UNet's in/out and WriteNet's masked-latent channels follow the trained VAE's latent channels.
+    parts = new_anytext2_parts(tiny_components(seed, latent_channels=vae.config.latent_channels), config)
     scaling = round(latent_scaling_factor(vae, load_images([data["train"]], RESOLUTION, limit=256), seed), 5)
     vae.register_to_config(scaling_factor=scaling)
     parts["vae"] = vae
     folder = os.path.join(work, "init", "pipeline")
     save_pipeline_folder(parts, folder)
-    record = dict(pipeline=folder, seed=seed, tiny_model=True, train_font_ocr=False, vae_scaling_factor=scaling)
+    record = dict(
+        pipeline=folder,
+        seed=seed,
+        tiny_model=True,
+        train_font_ocr=False,
+        latent_channels=vae.config.latent_channels,
+        vae_scaling_factor=scaling,
+    )
     return _finish(work, "init", record)
 
 

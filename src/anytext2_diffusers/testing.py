@@ -20,12 +20,13 @@ TINY_HEADS = 2
 PLACEHOLDER = "*"
 
 
-def tiny_unet_config() -> dict:
-    """SD1.5's UNet block layout (3 cross-attn down blocks + 1 plain, mirrored up, 2 layers each)."""
+def tiny_unet_config(latent_channels: int = 4) -> dict:
+    """SD1.5's UNet block layout (3 cross-attn down blocks + 1 plain, mirrored up, 2 layers each); its in/out
+    channels are the VAE's ``latent_channels``."""
     return dict(
         sample_size=64,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         block_out_channels=TINY_CHANNELS,
@@ -36,7 +37,7 @@ def tiny_unet_config() -> dict:
     )
 
 
-def tiny_vae_config() -> dict:
+def tiny_vae_config(latent_channels: int = 4) -> dict:
     """4 levels so that latent = image / 8 as in SD1.5."""
     return dict(
         in_channels=3,
@@ -45,7 +46,7 @@ def tiny_vae_config() -> dict:
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=TINY_CHANNELS,
         layers_per_block=2,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=32,
         sample_size=512,
         scaling_factor=0.18215,
@@ -97,15 +98,16 @@ def sd15_scheduler() -> DDPMScheduler:
     )
 
 
-def tiny_components(seed: int = 0) -> dict:
+def tiny_components(seed: int = 0, latent_channels: int = 4) -> dict:
     """Build ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` offline.
 
-    Weights are random but deterministic in ``seed``; everything is float32 on the CPU.
+    Weights are random but deterministic in ``seed``; everything is float32 on the CPU. ``latent_channels``:
+    the VAE's latent channels and the UNet's in/out channels (4 as SD1.5; the demo model may use more).
     """
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**tiny_unet_config())
+    unet = UNet2DConditionModel(**tiny_unet_config(latent_channels))
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**tiny_vae_config())
+    vae = AutoencoderKL(**tiny_vae_config(latent_channels))
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(tiny_text_encoder_config(len(tokenizer)))

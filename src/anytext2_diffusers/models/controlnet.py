@@ -184,6 +184,7 @@ class AnyText2ControlNetModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         cfg = unet.config
         model = cls(
             in_channels=cfg.in_channels,
+            masked_latent_channels=cfg.out_channels,  # the VAE's latent channels (4 for SD1.5)
             glyph_scale=glyph_scale,
             fast_control=fast_control,
             down_block_types=tuple(cfg.down_block_types),

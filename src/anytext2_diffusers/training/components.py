@@ -100,7 +100,7 @@ def _sd15_parts(config) -> dict:
     )
 
 
-def _new_anytext2_parts(sd15: dict, config) -> dict:
+def new_anytext2_parts(sd15: dict, config) -> dict:
     """A fresh AnyText2 on SD1.5's parts, placed and sized as ``config`` says."""
     return anytext2_parts(
         sd15,
@@ -148,11 +148,11 @@ def load_components(config) -> dict:
     if config.tiny_model:
         from ..testing import tiny_components
 
-        parts = _new_anytext2_parts(tiny_components(seed=config.seed), config)
+        parts = new_anytext2_parts(tiny_components(seed=config.seed), config)
     elif is_anytext2_pipeline(config.pretrained_model_name_or_path, config.revision):
         parts = _anytext2_parts(config.pretrained_model_name_or_path, config)
     else:
-        parts = _new_anytext2_parts(_sd15_parts(config), config)
+        parts = new_anytext2_parts(_sd15_parts(config), config)
     # Training always samples noise with DDPM's forward process (whatever sampler a pipeline ships).
     parts["scheduler"] = DDPMScheduler.from_config(parts["scheduler"].config)
     for name in (*MODEL_CLASSES, "text_encoder"):
@@ -232,6 +232,6 @@ def build_training_model(config, device="cpu", dtype=torch.float32, base: dict |
     """(AnyText2TrainingModel in train mode, trainable groups, components) without Accelerate, for tests and
     ``benchmarks/bench_train_step.py``. ``base``: SD1.5 parts (unet, vae, text_encoder, tokenizer,
     scheduler) to build on instead of ``config``'s model."""
-    parts = load_components(config) if base is None else _new_anytext2_parts(base, config)
+    parts = load_components(config) if base is None else new_anytext2_parts(base, config)
     model, groups = setup_training_model(parts, config, device, dtype)
     return model.train(), groups, parts
