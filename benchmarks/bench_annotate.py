@@ -136,12 +136,18 @@ def main():
     ap.add_argument("--errors", action="store_true", help="print every wrong box, missed line and misread")
     ap.add_argument("--min_chars", type=int, default=None, help="override the one-character rule (1: keep them)")
     ap.add_argument("--no_merge_fragments", action="store_true", help="read detector boxes as they come")
+    ap.add_argument("--channel_order", choices=["bgr", "rgb"], default=None, help="detector input and crops")
+    ap.add_argument("--rec_input", choices=["paddle", "torch"], default=None, help="reader input preprocessing")
     ap.add_argument("--runtime_comparison", action="store_true", help="recognizer: onnxruntime vs torch")
     a = ap.parse_args()
     overrides = {"det_limit_side_len": a.det_limit_side_len, "det_limit_type": a.det_limit_type}
     overrides = {k: v for k, v in overrides.items() if v}
     if a.min_chars:
         overrides["min_chars"] = a.min_chars
+    if a.channel_order:
+        overrides["det_bgr"] = overrides["rec_bgr"] = a.channel_order == "bgr"
+    if a.rec_input:
+        overrides["rec_input"] = a.rec_input
     if a.no_merge_fragments:
         overrides["det_merge_fragments"] = False
     if a.paddleocr_detector:

@@ -283,6 +283,34 @@ def test_annotator_joins_pieces_before_reading_and_drops_one_character_readings(
     assert len(plain.annotations) == 3 and "K" in [a["text"] for a in plain.annotations], plain
 
 
+def test_reader_input_and_channel_order_options_read_a_word(annotator):
+    from PIL import ImageDraw, ImageFont
+
+    from anytext2_diffusers.data.fonts import BUNDLED_FONT_DIR
+
+    image = Image.new("RGB", (400, 120), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(str(BUNDLED_FONT_DIR / "NotoSans-Regular.ttf"), 48)
+    draw.text((40, 30), "COFFEE", font=font, fill=(200, 30, 20))
+    left, top, right, bottom = draw.textbbox((40, 30), "COFFEE", font=font)
+    box = [[left - 6, top - 6], [right + 6, top - 6], [right + 6, bottom + 6], [left - 6, bottom + 6]]
+    for options in ({"rec_input": "paddle"}, {"rec_bgr": False, "det_bgr": False}):
+        config = AnnotateConfig(**{**vars(annotator.config), **options})
+        result = Annotator(config, detector=_FixedBoxes([box]), recognizer=annotator.recognizer)([np.asarray(image)])
+        assert [a["text"] for a in result[0].annotations] == ["COFFEE"], (options, result)
+    with pytest.raises(ValueError, match="rec_input"):
+        AnnotateConfig(rec_input="pil")
+    # The detector's channel order: RGB input is the BGR input with the first and last planes swapped
+    # (the normalisation's per-plane mean / std stay in place, as in RapidOCR 1.2.3).
+    rgb_detector = Annotator(AnnotateConfig(det_bgr=False), recognizer=annotator.recognizer).detector
+    pixels = np.asarray(image)
+    x_bgr = annotator.detector.preprocess(pixels)
+    x_rgb = rgb_detector.preprocess(pixels)
+    std, mean = np.array([0.229, 0.224, 0.225]), np.array([0.485, 0.456, 0.406])
+    unnorm = lambda x: x * std[:, None, None] + mean[:, None, None]  # noqa: E731
+    np.testing.assert_allclose(unnorm(x_rgb), unnorm(x_bgr)[::-1], atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------
 # Command-line contract, output readable by the data pipeline
 # ------------------------------------------------------------------------------------------------

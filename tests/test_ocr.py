@@ -23,6 +23,7 @@ from anytext2_diffusers.models.ocr import (
     default_onnx_path,
     load_anytext2_ocr_state_dict,
     load_character_list,
+    paddle_resize_norm,
     prepare_crops,
     read_state_dict_file,
     recognize_crops,
@@ -283,6 +284,29 @@ def test_preprocessing_matches_anytext2_rules():
     crop = torch.rand(3, 30, 90, requires_grad=True)
     prepare_crops([crop]).sum().backward()
     assert crop.grad is not None and crop.grad.abs().sum() > 0
+
+
+def test_paddle_inference_input_matches_a_hand_computed_resize_normalise_pad():
+    # A 2 x 3 crop into a height-4, width-8 canvas: ratio 1.5 -> ceil(4 * 1.5) = 6 columns, canvas
+    # int(4 * max(8 / 4, 1.5)) = 8. cv2's bilinear (pixel centres, edge clamped) doubles each axis with
+    # weights 1, 3/4-1/4, 1/4-3/4, ..., 1; multiples of 16 keep its 8-bit result exact.
+    crop = np.array([[16, 64, 160], [240, 128, 32]], dtype=np.uint8)
+    crop = np.stack([crop, crop // 2 // 16 * 16, 240 - crop], axis=2)  # (2, 3, 3), multiples of 16
+    wy = np.array([[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    wx = np.array([[1, 0, 0], [0.75, 0.25, 0], [0.25, 0.75, 0], [0, 0.75, 0.25], [0, 0.25, 0.75], [0, 0, 1]])
+    expected = np.zeros((3, 4, 8), dtype=np.float32)
+    for c in range(3):
+        resized = np.round(wy @ crop[:, :, c].astype(np.float64) @ wx.T)
+        expected[c, :, :6] = (resized / 255 - 0.5) / 0.5
+    out = paddle_resize_norm(crop, image_height=4, image_width=8)
+    assert out.dtype == np.float32 and out.shape == (3, 4, 8)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    assert (out[:, :, 6:] == 0).all()
+    # A crop wider than the canvas ratio widens the canvas to its own width (no squeeze, no padding).
+    wide = np.full((2, 40, 3), 255, dtype=np.uint8)
+    assert paddle_resize_norm(wide, image_height=4, image_width=8).shape == (3, 4, 80)
+    with pytest.raises(ValueError, match="uint8"):
+        paddle_resize_norm(crop.astype(np.float32))
 
 
 def test_recognize_crops_restores_input_order(converted):

@@ -14,6 +14,7 @@ from ..models.ocr import (
     crop_line_by_polygon,
     ctc_greedy_decode_with_scores,
     merge_line_fragments,
+    paddle_resize_norm,
     prepare_crops,
     rotate_if_vertical,
 )
@@ -51,11 +52,20 @@ class AnnotateConfig:
     # Join boxes that are pieces of one line before reading (models.ocr.merge_line_fragments): the
     # pieces are otherwise read as words of their own (docs/own_data.md).
     det_merge_fragments: bool = True
-    rec_bgr: bool = True  # crops in BGR order, as PaddleOCR reads (its models were trained on cv2 images)
+    # Channel order of detector input and crops: BGR, as PaddleOCR reads (its models were trained on cv2
+    # images); False feeds RGB, as RapidOCR 1.2.3 does (measured both ways in docs/own_data.md).
+    rec_bgr: bool = True
+    det_bgr: bool = True
+    # Reader input: "torch" is the training's resize (torch bilinear, 64-pixel canvas steps); "paddle" is
+    # PaddleOCR's inference preprocessing (uint8 crop, cv2 resize, per-crop canvas:
+    # models.ocr.paddle_resize_norm). Measured no better on the accuracy sets (docs/own_data.md).
+    rec_input: str = "torch"
 
     def __post_init__(self):
         if self.languages not in ("auto", "Chinese", "Latin"):
             raise ValueError(f"languages must be 'auto', 'Chinese' or 'Latin', got {self.languages!r}")
+        if self.rec_input not in ("paddle", "torch"):
+            raise ValueError(f"rec_input must be 'paddle' or 'torch', got {self.rec_input!r}")
         if self.max_lines < 1 or self.batch_size < 1 or self.min_chars < 1:
             raise ValueError("max_lines, batch_size and min_chars must be at least 1")
 
@@ -79,26 +89,44 @@ def _canvas_ratio(crop: torch.Tensor, base_ratio: float) -> float:
     return math.ceil(ratio * 48 / 64) * 64 / 48
 
 
+def _paddle_inputs(crops: list[torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
+    """PaddleOCR's inference input per crop: the crop as uint8 (what its crop step hands the reader),
+    turned if vertical, then ``paddle_resize_norm``."""
+    out = []
+    for c in crops:
+        hwc = rotate_if_vertical(c).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        out.append(torch.from_numpy(paddle_resize_norm(np.ascontiguousarray(hwc), height, width)))
+    return out
+
+
 @torch.no_grad()
 def read_crops(
-    recognizer, crops: list[torch.Tensor], batch_size: int = 16, bgr: bool = True
+    recognizer, crops: list[torch.Tensor], batch_size: int = 16, bgr: bool = True, rec_input: str = "paddle"
 ) -> tuple[list[str], list[float]]:
     """Texts and confidences of upright RGB crops (CHW, 0..255), batched by canvas width; ``bgr``
-    flips them to BGR first (PaddleOCR's order)."""
+    flips them to BGR first (PaddleOCR's order); ``rec_input`` as ``AnnotateConfig.rec_input``."""
     if not crops:
         return [], []
     if bgr:
         crops = [c.flip(0) for c in crops]
     height, width = recognizer.config.image_height, recognizer.config.image_width
-    base = width / height
-    ratios = [_canvas_ratio(c, base) for c in crops]
+    if rec_input == "paddle":
+        inputs = _paddle_inputs(crops, height, width)
+        ratios = [x.shape[2] / height for x in inputs]
+    else:
+        base = width / height
+        ratios = [_canvas_ratio(c, base) for c in crops]
+    device = next(recognizer.parameters()).device
     texts: list[str] = [""] * len(crops)
     scores: list[float] = [0.0] * len(crops)
     for ratio in sorted(set(ratios)):
         idx = [i for i, r in enumerate(ratios) if r == ratio]
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
-            pixels = prepare_crops([crops[i] for i in chunk], height, width, ratio)
+            if rec_input == "paddle":
+                pixels = torch.stack([inputs[i] for i in chunk]).to(device)
+            else:
+                pixels = prepare_crops([crops[i] for i in chunk], height, width, ratio)
             logits = recognizer(pixels).logits
             t, s = ctc_greedy_decode_with_scores(logits, recognizer.characters)
             for i, ti, si in zip(chunk, t, s):
@@ -128,6 +156,7 @@ class Annotator:
                 device=self.config.device,
                 limit_side_len=self.config.det_limit_side_len,
                 limit_type=self.config.det_limit_type,
+                bgr=self.config.det_bgr,
                 postprocess=DBPostProcessConfig(
                     box_thresh=self.config.det_box_thresh,
                     unclip_ratio=self.config.det_unclip_ratio,
@@ -167,7 +196,7 @@ class Annotator:
                 for box in kept:
                     crops.append(crop_line_by_polygon(tensor, box))
                     owners.append((k, box))
-        texts, scores = read_crops(self.recognizer, crops, cfg.batch_size, cfg.rec_bgr)
+        texts, scores = read_crops(self.recognizer, crops, cfg.batch_size, cfg.rec_bgr, cfg.rec_input)
         for (k, box), text, score in zip(owners, texts, scores):
             text = text.strip()
             if not text:

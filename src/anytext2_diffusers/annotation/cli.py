@@ -52,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="join boxes that are pieces of one line (collinear, same height, touching) before reading",
     )
+    ap.add_argument(
+        "--channel_order",
+        default="bgr",
+        choices=["bgr", "rgb"],
+        help="channel order of detector input and crops: bgr (PaddleOCR's, the models' training order) or rgb "
+        "(RapidOCR 1.2.3's)",
+    )
+    ap.add_argument(
+        "--rec_input",
+        default="torch",
+        choices=["paddle", "torch"],
+        help="reader input: torch (the training's resize) or paddle (PaddleOCR's inference resize of the uint8 crop)",
+    )
     ap.add_argument("--batch_size", type=int, default=16, help="images per detection batch and crops per read")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers decoding images")
@@ -81,6 +94,9 @@ def main(argv=None) -> int:
             det_unclip_ratio=args.det_unclip_ratio,
             det_use_dilation=args.det_use_dilation,
             det_merge_fragments=args.det_merge_fragments,
+            det_bgr=args.channel_order == "bgr",
+            rec_bgr=args.channel_order == "bgr",
+            rec_input=args.rec_input,
         )
         run = AnnotateRun(
             images=args.images,

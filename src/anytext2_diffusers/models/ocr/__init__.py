@@ -32,6 +32,7 @@ from .detection import (
 from .modeling_ppocr import PPOCRRecognizer, PPOCRRecognizerOutput
 from .preprocess import (
     RecognitionResult,
+    paddle_resize_norm,
     prepare_crops,
     recognize_crops,
     resize_norm_crop,
@@ -72,6 +73,7 @@ __all__ = [
     "merge_line_fragments",
     "min_area_box_from_mask",
     "min_area_box_from_polygon",
+    "paddle_resize_norm",
     "prepare_crops",
     "read_dictionary",
     "read_onnx_characters",

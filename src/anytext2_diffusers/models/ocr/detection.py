@@ -239,6 +239,7 @@ class PPOCRDetector:
         postprocess: DBPostProcessConfig | None = None,
         num_threads: int | None = None,
         max_side_limit: int | None = 4000,
+        bgr: bool = True,
     ):
         import onnxruntime as ort
 
@@ -268,13 +269,14 @@ class PPOCRDetector:
         self.limit_side_len = limit_side_len
         self.limit_type = limit_type
         self.max_side_limit = max_side_limit
+        self.bgr = bgr
         self.postprocess = postprocess or DBPostProcessConfig()
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """RGB uint8 (H, W, 3) -> (3, h, w) float32 network input (BGR, ImageNet-normalised)."""
+        """RGB uint8 (H, W, 3) -> (3, h, w) float32 network input (BGR unless ``bgr=False``, ImageNet-normalised)."""
         h, w = image.shape[:2]
         new_h, new_w = resize_for_detection(h, w, self.limit_side_len, self.limit_type, self.max_side_limit)
-        resized = cv2.resize(image[:, :, ::-1], (new_w, new_h))
+        resized = cv2.resize(image[:, :, ::-1] if self.bgr else image, (new_w, new_h))
         x = (resized.astype(np.float32) / 255.0 - _MEAN) / _STD
         return x.transpose(2, 0, 1)
 

@@ -2,6 +2,8 @@
 
 Crops are CHW float tensors in 0..255 of any size. Every step is a torch op, so the input stays
 differentiable w.r.t. the crop (the OCR losses back-propagate through it) and runs on any device.
+``paddle_resize_norm`` is the exception: PaddleOCR's own inference input (cv2 on a uint8 crop), for
+reading labels where no gradient is needed (the annotator).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -60,6 +63,30 @@ def resize_norm_crop(
     resized = F.interpolate(crop.unsqueeze(0), size=(image_height, resized_w), mode="bilinear", align_corners=True)
     resized = (resized / 255.0 - 0.5) / 0.5
     return F.pad(resized[0], (0, canvas_w - resized_w))
+
+
+def paddle_resize_norm(crop: np.ndarray, image_height: int = 48, image_width: int = 320) -> np.ndarray:
+    """PaddleOCR's recognizer input at inference (``TextRecognizer.resize_norm_img`` in
+    ``tools/infer/predict_rec.py``) for one upright uint8 (H, W, C) crop: cv2 bilinear resize to
+    ``image_height`` keeping the aspect ratio, (x / 255 - 0.5) / 0.5, zero-padded on the right to a canvas
+    ``int(image_height * max(image_width / image_height, w / h))`` wide. Returns float32 (C, H, canvas).
+
+    PaddleOCR takes the canvas ratio from the widest crop of the batch; here it is the crop's own, so a
+    reading never depends on the other crops of a batch.
+    """
+    if crop.dtype != np.uint8 or crop.ndim != 3:
+        raise ValueError(f"expected a uint8 (H, W, C) crop, got {crop.dtype} of shape {crop.shape}")
+    h, w = crop.shape[:2]
+    if h == 0 or w == 0:
+        raise ValueError(f"cannot recognise an empty crop of shape {crop.shape}")
+    ratio = w / float(h)
+    canvas_w = int(image_height * max(image_width / image_height, ratio))
+    resized_w = min(canvas_w, int(math.ceil(image_height * ratio)))
+    resized = cv2.resize(crop, (resized_w, image_height), interpolation=cv2.INTER_LINEAR)
+    resized = resized.reshape(image_height, resized_w, -1).astype(np.float32).transpose(2, 0, 1) / 255
+    out = np.zeros((crop.shape[2], image_height, canvas_w), dtype=np.float32)
+    out[:, :, :resized_w] = (resized - 0.5) / 0.5
+    return out
 
 
 @dataclass
