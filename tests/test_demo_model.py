@@ -165,3 +165,24 @@ def test_init_stage_follows_the_vae_latent_channels_through_unet_and_writenet(tm
     assert pipe.controlnet.config.in_channels == pipe.controlnet.config.masked_latent_channels == 16
     latents = quick_generate(pipe, size=64, steps=1)
     assert latents.shape == (1, 16, 8, 8) and torch.isfinite(latents).all()
+
+
+def test_vae_pixel_loss_is_mse_by_default_and_l1_on_request():
+    from diffusers import AutoencoderKL
+
+    from anytext2_diffusers.training.vae import vae_loss
+
+    config = dataclasses.replace(_vae_config("unused", 1), edge_weight=0.0, kl_weight=0.0)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**vae_config(config))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(x).latent_dist.sample(torch.Generator().manual_seed(5))).sample
+        mse = vae_loss(vae, x, config, torch.Generator().manual_seed(5))
+        l1 = vae_loss(vae, x, dataclasses.replace(config, pixel_loss="l1"), torch.Generator().manual_seed(5))
+    assert config.pixel_loss == "mse"
+    torch.testing.assert_close(mse["loss"], torch.nn.functional.mse_loss(recon, x))
+    torch.testing.assert_close(l1["loss"], torch.nn.functional.l1_loss(recon, x))
+    assert not torch.allclose(mse["loss"], l1["loss"])
+    with pytest.raises(ValueError, match="pixel_loss must be 'mse' or 'l1', got 'l2'"):
+        vae_loss(vae, x, dataclasses.replace(config, pixel_loss="l2"), torch.Generator().manual_seed(5))

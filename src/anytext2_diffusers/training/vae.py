@@ -1,8 +1,8 @@
 """Train a small ``AutoencoderKL`` (latent = image / 8, 4 channels, as SD) on a folder of images.
 
 The AnyText2 loop keeps the VAE frozen, so a model trained from scratch needs an autoencoder first;
-if text is not legible after encode/decode nothing trained on its latents can write. Losses: L1 plus
-an L1 on image gradients (keeps strokes sharp; a stand-in for SD's perceptual loss, which needs
+if text is not legible after encode/decode nothing trained on its latents can write. Losses: MSE (or L1, as SD)
+on the pixels plus an L1 on image gradients (keeps strokes sharp; a stand-in for SD's perceptual loss, which needs
 pretrained weights), and SD's small KL weight. Random square crops (the model is convolutional)
 make a step cheap. Resumable: one atomic ``checkpoint.pt`` (weights, optimizer, step) and per-step
 seeds, so a resumed run draws the same crops and posterior samples as an uninterrupted one.
@@ -41,6 +41,10 @@ class VAETrainingConfig:
     seed: int = 0
     kl_weight: float = 1e-6
     edge_weight: float = 1.0
+    # "mse" or "l1" on the pixels (the edge term is L1 either way). SD's VAE uses L1, but trained from scratch
+    # the tiny VAE under L1 stalls with a wrong colour per image (sign gradients pull each pixel alike, large and
+    # small errors equally); under MSE the same probe learned the images' mean colour at once (docs/demo_model.md).
+    pixel_loss: str = "mse"
     block_out_channels: tuple = (32, 32, 64, 64)
     layers_per_block: int = 2
     # GroupNorm groups. 32 groups on the tiny VAE's 32-channel levels normalise every channel of every crop
@@ -104,9 +108,15 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, config: VAETrainingConfig, gen
     posterior = vae.encode(x).latent_dist
     recon = vae.decode(posterior.sample(generator)).sample
     l1 = F.l1_loss(recon, x)
+    if config.pixel_loss == "mse":
+        pixel = F.mse_loss(recon, x)
+    elif config.pixel_loss == "l1":
+        pixel = l1
+    else:
+        raise ValueError(f"VAETrainingConfig.pixel_loss must be 'mse' or 'l1', got {config.pixel_loss!r}")
     edge = sum(F.l1_loss(a, b) for a, b in zip(_gradients(recon), _gradients(x)))
     kl = posterior.kl().mean()  # summed over the latent, as SD; its weight is relative to a per-pixel sum
-    total = l1 + config.edge_weight * edge + config.kl_weight * kl / x[0].numel()
+    total = pixel + config.edge_weight * edge + config.kl_weight * kl / x[0].numel()
     return dict(loss=total, l1=l1.detach(), edge=edge.detach(), kl=kl.detach())
 
 
