@@ -29,6 +29,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 RESOLUTION = 128
+# The recipe VAE's latent channels: at 128 px a 4-channel latent (SD's) cannot carry the letters (even the
+# best linear 8 x 8-patch code of 4 channels reads no held-out Latin word; 16 channels read 0.63 of them,
+# docs/demo_model.md). The UNet and WriteNet follow this count (``stage_init``).
+LATENT_CHANNELS = 16
 # One horizontal line across the middle, on the evaluation's 512 px polygon canvas (8..120 x 40..88 at 128 px).
 HELDOUT_BOX = ((32, 160), (480, 160), (480, 352), (32, 352))
 
@@ -146,7 +150,11 @@ def vae_config_for(work: str, data: dict, steps: int, seed: int = 0):
     from .training.vae import VAETrainingConfig
 
     return VAETrainingConfig(
-        output_dir=os.path.join(work, "vae"), train_data=[data["train"]], max_train_steps=steps, seed=seed
+        output_dir=os.path.join(work, "vae"),
+        train_data=[data["train"]],
+        max_train_steps=steps,
+        seed=seed,
+        latent_channels=LATENT_CHANNELS,
     )
 
 
