@@ -101,7 +101,7 @@ def _paddle_inputs(crops: list[torch.Tensor], height: int, width: int) -> list[t
 
 @torch.no_grad()
 def read_crops(
-    recognizer, crops: list[torch.Tensor], batch_size: int = 16, bgr: bool = True, rec_input: str = "paddle"
+    recognizer, crops: list[torch.Tensor], batch_size: int = 16, bgr: bool = True, rec_input: str = "torch"
 ) -> tuple[list[str], list[float]]:
     """Texts and confidences of upright RGB crops (CHW, 0..255), batched by canvas width; ``bgr``
     flips them to BGR first (PaddleOCR's order); ``rec_input`` as ``AnnotateConfig.rec_input``."""
