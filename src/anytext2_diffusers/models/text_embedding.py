@@ -28,6 +28,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from .ocr import PPOCRRecognizer, crop_line_by_mask, recognize_crops
+from .ocr.neck_cache import FrozenNeckCache
 
 
 @dataclass
@@ -213,6 +214,7 @@ class AnyText2TextEmbeddingModel(ModelMixin, ConfigMixin):
         glyph_recognizer: nn.Module | None = None,
         font_crops: Sequence[Sequence[torch.Tensor | None]] | None = None,
         return_dict: bool = True,
+        neck_cache: FrozenNeckCache | None = None,
     ):
         r"""Line tokens of every valid line of a batch.
 
@@ -226,6 +228,8 @@ class AnyText2TextEmbeddingModel(ModelMixin, ConfigMixin):
                 mode under ``no_grad`` for this call, whatever its current mode (as in the reference).
             font_crops: optional per-sample, per-line (3, h, w) 0..255 images replacing the font-hint crop
                 of that line (``None`` entries keep the crop): the reference's "mimic font" inference input.
+            neck_cache: optional memo of the frozen recognizer's necks by exact input (training's
+                ``--cache_ocr_necks``); the trainable ``font_predictor`` never goes through it.
 
         Returns:
             :class:`AnyText2TextEmbeddingOutput` (or a tuple ``(line_embeds, n_lines)``).
@@ -274,7 +278,7 @@ class AnyText2TextEmbeddingModel(ModelMixin, ConfigMixin):
         # glyph: frozen recognizer on the rendered lines (x255, 3 channels), always eval, never trained here
         rec_param = next(glyph_recognizer.parameters())
         lines = [(glyph_line[b, j] * 255.0).expand(3, -1, -1) for b, j in index]
-        glyph_neck = self._run_frozen(glyph_recognizer, lines, rec_param)
+        glyph_neck = self._run_frozen(glyph_recognizer, lines, rec_param, neck_cache)
         self._check_neck(glyph_neck, "glyph recognizer")
         glyph_embeds = self.proj(glyph_neck.flatten(1).to(dtype))
         line_embeds = glyph_embeds
@@ -293,7 +297,7 @@ class AnyText2TextEmbeddingModel(ModelMixin, ConfigMixin):
                 crops_in = [c.to(device=param.device, dtype=param.dtype) for c in crops]
                 font_neck = recognize_crops(self.font_predictor, crops_in, batch_size=cfg.ocr_batch_size).neck
             else:
-                font_neck = self._run_frozen(glyph_recognizer, crops, rec_param)
+                font_neck = self._run_frozen(glyph_recognizer, crops, rec_param, neck_cache)
             self._check_neck(font_neck, "font recognizer")
             font_embeds = self.style_proj(font_neck.flatten(1).to(dtype))
             if cfg.enable_flag:
@@ -325,13 +329,17 @@ class AnyText2TextEmbeddingModel(ModelMixin, ConfigMixin):
             font_crops=crops,
         )
 
-    def _run_frozen(self, recognizer: nn.Module, crops: list[torch.Tensor], param: torch.Tensor) -> torch.Tensor:
-        """Neck of a frozen recognizer in eval mode (its previous mode is restored)."""
+    def _run_frozen(
+        self, recognizer: nn.Module, crops: list[torch.Tensor], param: torch.Tensor, cache: FrozenNeckCache | None
+    ) -> torch.Tensor:
+        """Neck of a frozen recognizer in eval mode (its previous mode is restored), through ``cache`` if given."""
         was_training = recognizer.training
         recognizer.eval()
         try:
             with torch.no_grad():
                 crops = [c.to(device=param.device, dtype=param.dtype) for c in crops]
+                if cache is not None:
+                    return cache.necks(recognizer, crops, batch_size=self.config.ocr_batch_size)
                 return recognize_crops(recognizer, crops, batch_size=self.config.ocr_batch_size).neck
         finally:
             recognizer.train(was_training)

@@ -164,6 +164,12 @@ class TrainingConfig:
         "Keep the VAE posterior of each target image (and the constant generation-mode masked latent) after its "
         "first encoding; edit-mode masked images are still encoded every step.",
     )
+    cache_ocr_necks: int = _opt(
+        0,
+        "Memoize the frozen OCR recognizer's neck per exact input (glyph lines; font-hint crops without a trainable "
+        "font recognizer) for up to N inputs (LRU, per process, ~10 KiB CPU memory each); 0: off. Equal to live "
+        "reading up to float rounding; pays where inputs recur (small data, many epochs).",
+    )
     channels_last: bool = _opt(False, "channels_last weights for the UNet and WriteNet (GPU, fp16/bf16).")
     torch_compile: bool = _opt(False, "torch.compile the UNet and WriteNet.")
     torch_compile_backend: str = _opt(
@@ -252,6 +258,8 @@ class TrainingConfig:
             raise ValueError("train_batch_size and gradient_accumulation_steps must be >= 1")
         self.lora_components = list(self.lora_components)
         self.lora_target_modules = list(self.lora_target_modules)
+        if self.cache_ocr_necks < 0:
+            raise ValueError(f"cache_ocr_necks must be >= 0 (0 = off), got {self.cache_ocr_necks}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0 (0 = no LoRA), got {self.lora_rank}")
         unknown = sorted(set(self.lora_components) - {"unet", "controlnet", "attnx"})

@@ -516,6 +516,7 @@ def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
                 t_data = time.perf_counter()
             else:  # the epoch ran to its end
                 logger.info("epoch %d done; %s", state.epoch, faults.summary())
+                logger.info("speed caches: %s", accelerator.unwrap_model(model).cache_summary())
                 state.epoch, state.batches_in_epoch = state.epoch + 1, 0
                 if config.checkpointing_epochs and state.epoch % config.checkpointing_epochs == 0:
                     result.checkpoint = _save(accelerator, config, state, "checkpointing_epochs")

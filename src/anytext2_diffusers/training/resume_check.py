@@ -56,6 +56,7 @@ CHANGEABLE = frozenset(
         "gradient_checkpointing",
         "channels_last",
         "cache_latents",
+        "cache_ocr_necks",
         "allow_tf32",
         "torch_compile",
         "torch_compile_backend",

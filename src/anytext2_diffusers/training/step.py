@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..models.conditioning import AnyText2CaptionEncoder
+from ..models.ocr.neck_cache import FrozenNeckCache
 from .losses import LossOutput, LossSettings, OCRTargets, min_snr_weights, offset_noise, p_losses
 
 
@@ -202,8 +203,22 @@ class AnyText2TrainingModel(nn.Module):
         # The constant generation-mode masked posterior is computed once; with --cache_latents also the
         # target images' posteriors (training mode only; validation encodes them live).
         self.latent_cache = LatentCache(cache_images=bool(config.cache_latents))
+        # --cache_ocr_necks: the frozen recognizer's necks by exact input (glyph lines repeat across epochs).
+        self.neck_cache = FrozenNeckCache(config.cache_ocr_necks) if config.cache_ocr_necks > 0 else None
         if not attnx.is_attached:
             attnx.attach(unet)
+
+    def cache_summary(self) -> str:
+        """Hit counts of the speed caches of this process, for the epoch log."""
+        latent = self.latent_cache
+        text = f"latent cache {len(latent)} images, {latent.hits} hits / {latent.misses} misses"
+        if self.neck_cache is not None:
+            n = self.neck_cache.stats()
+            text += (
+                f"; OCR neck cache {n['entries']} entries, hit rate {n['hit_rate']:.3f} "
+                f"({n['hits']} / {n['hits'] + n['misses']}), {n['evictions']} evicted, {n['bypassed']} bypassed"
+            )
+        return text
 
     def train(self, mode: bool = True):
         """Train mode where the reference trains; frozen parts stay in eval (the VAE, CLIP and the glyph
@@ -261,6 +276,7 @@ class AnyText2TrainingModel(nn.Module):
                 color=batch.color.float(),
                 n_lines=batch.n_lines,
                 glyph_recognizer=self.frozen.ocr,
+                neck_cache=self.neck_cache,
             )
             text_context = self.captions.encode_text_captions(batch.text_caption, lines.line_embeds, batch.n_lines)
         return image_context, text_context

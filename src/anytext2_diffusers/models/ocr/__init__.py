@@ -30,6 +30,7 @@ from .detection import (
     same_line,
 )
 from .modeling_ppocr import PPOCRRecognizer, PPOCRRecognizerOutput
+from .neck_cache import FrozenNeckCache
 from .preprocess import (
     RecognitionResult,
     paddle_resize_norm,
@@ -61,6 +62,7 @@ __all__ = [
     "crop_lines",
     "DBPostProcessConfig",
     "FragmentMergeConfig",
+    "FrozenNeckCache",
     "PPOCRDetector",
     "boxes_from_probability_map",
     "ctc_greedy_decode",
