@@ -99,6 +99,22 @@ def test_cache_is_off_in_eval_mode(setup):
         model.latent_cache = LatentCache(cache_images=False)
 
 
+def test_frozen_parts_get_no_weight_gradients(setup):
+    """The OCR losses back-propagate through the VAE decoder and the recognizer to the latents only: the
+    frozen parts' weights neither require nor collect gradients (they used to, uselessly)."""
+    _, model, batch, _, _ = setup
+    frozen = [model.frozen.vae, model.frozen.text_encoder, model.frozen.ocr]
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
+    try:
+        out = model(batch, sample_generators(0, 0, batch.index))
+        assert out.decoded is not None and float(out.ctc.detach().abs().sum()) > 0  # the backward crosses both
+        out.loss.backward()
+        assert all(p.grad is None for m in frozen for p in m.parameters())
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.controlnet.parameters())
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
 def test_channels_last_keeps_the_loss(setup):
     _, model, batch, _, _ = setup
     reference = loss(model, batch).loss

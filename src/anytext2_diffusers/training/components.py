@@ -205,6 +205,9 @@ def setup_training_model(parts: dict, config, device, weight_dtype: torch.dtype,
     lora.add_adapters(trainable, config)  # before the trainable selection
     groups = apply_trainable(trainable, config)
     for name in ("vae", "text_encoder", "ocr"):
+        # Frozen: the OCR losses back-propagate through the VAE decoder and the recognizer to the latents,
+        # never into their weights (weight gradients there were computed, kept and never used).
+        parts[name].requires_grad_(False)
         _move(parts[name], device, weight_dtype)
     for name, model in trainable.items():
         half = name in ("unet", "text_embedding", *lora.lora_components(config))
