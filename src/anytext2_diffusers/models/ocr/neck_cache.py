@@ -29,7 +29,7 @@ from .preprocess import recognize_crops, resize_norm_crop, rotate_if_vertical, s
 
 def input_key(pixels: torch.Tensor) -> bytes:
     """A 128-bit digest of one prepared recognizer input: its dtype, shape and bytes."""
-    cpu = pixels.detach().to("cpu").contiguous()
+    cpu = pixels.detach().to("cpu").contiguous()  # a no-op for a contiguous CPU row
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{cpu.dtype}{tuple(cpu.shape)}".encode())
     h.update(cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b"")
@@ -92,8 +92,8 @@ class FrozenNeckCache:
             raise ValueError("no crops to recognise")
         self._check_weights(recognizer)
         height, width = recognizer.config.image_height, recognizer.config.image_width
-        pixels = [resize_norm_crop(rotate_if_vertical(c), height, width, width / height) for c in crops]
-        keys = [input_key(p) for p in pixels]
+        pixels = torch.stack([resize_norm_crop(rotate_if_vertical(c), height, width, width / height) for c in crops])
+        keys = [input_key(p) for p in pixels.detach().to("cpu")]  # one device-to-host copy for all keys
         found: dict[bytes, torch.Tensor] = {}
         todo: list[int] = []  # first crop of each key not in the memo, processed in recognize_crops' order
         pending: set[bytes] = set()
@@ -111,12 +111,11 @@ class FrozenNeckCache:
         self.misses += len(todo)
         for start in range(0, len(todo), batch_size):
             rows = todo[start : start + batch_size]
-            neck = recognizer(torch.stack([pixels[i] for i in rows])).neck
+            neck = recognizer(pixels[rows]).neck
             for i, row in zip(rows, neck):
                 found[keys[i]] = row.detach().to("cpu", copy=True)
                 self._store(keys[i], found[keys[i]])
-        device = pixels[0].device
-        return torch.stack([found[k] for k in keys]).to(device)
+        return torch.stack([found[k] for k in keys]).to(pixels.device)
 
     def _store(self, key: bytes, neck: torch.Tensor) -> None:
         self._entries[key] = neck
