@@ -15,7 +15,8 @@ docs/demo_model.md).
 
 A variant is ``name[:threads=N]``; names: ``base`` (the recipe as it was), ``necks`` (``--cache_ocr_necks``),
 ``latents`` (``--cache_latents``), ``both``. Last line: one JSON object with, per variant, the median wall
-and CPU seconds per step, the hit rates, and the largest loss difference from the first variant.
+and CPU seconds per step, the hit rates of the timed steps (latent: target images; neck: recognizer
+reads, ``null`` without the neck cache), and the largest loss difference from the first variant.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def step(model, optimizer, batch, step_index: int, threads: int) -> tuple[float,
     return time.perf_counter() - wall, time.process_time() - cpu, float(out.loss.detach())
 
 
+def counters(model) -> dict:
+    necks = model.neck_cache
+    return dict(
+        latent_hits=model.latent_cache.hits,
+        latent_misses=model.latent_cache.misses,
+        neck_hits=necks.hits if necks is not None else 0,
+        neck_misses=necks.misses if necks is not None else 0,
+    )
+
+
 def parse_variant(text: str) -> tuple[str, int]:
     name, _, rest = text.partition(":")
     if name not in OPTIONS:
@@ -108,6 +119,8 @@ def main() -> None:
             loader.sampler.set_epoch(epoch)
             for batch in loader:
                 for run in runs:
+                    if index == warmup:  # counters at the start of the timed window
+                        run["start"] = counters(run["model"])
                     wall, cpu, loss = step(run["model"], run["optimizer"], batch, index, run["threads"])
                     if index >= warmup:
                         run.setdefault("wall", []).append(wall)
@@ -120,16 +133,17 @@ def main() -> None:
     first = runs[0]
     result = dict(records=args.records, warmup_steps=warmup, timed_steps=args.steps, batch=config.train_batch_size)
     for run in runs:
-        model = run["model"]
+        end = counters(run["model"])
+        timed = {k: end[k] - run["start"][k] for k in end}
         row = dict(
             wall_s_per_step=round(statistics.median(run["wall"]), 3),
             cpu_s_per_step=round(statistics.median(run["cpu"]), 3),
             max_abs_loss_diff_vs_first=max(abs(a - b) for a, b in zip(run["loss"], first["loss"])),
-            latent_image_hits=model.latent_cache.hits,
-            latent_image_misses=model.latent_cache.misses,
         )
-        if model.neck_cache is not None:
-            row["neck_cache"] = model.neck_cache.stats()
+        for name in ("latent", "neck"):  # hit rates of the timed steps
+            seen = timed[f"{name}_hits"] + timed[f"{name}_misses"]
+            row[f"{name}_hit_rate"] = round(timed[f"{name}_hits"] / seen, 3) if seen else None
+        row["neck_entries"] = len(run["model"].neck_cache) if run["model"].neck_cache is not None else 0
         result[run["name"]] = row
     print(json.dumps(result))
 

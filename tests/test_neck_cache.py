@@ -135,3 +135,27 @@ def test_cache_ocr_necks_option(tmp_path):
     assert TrainingConfig().cache_ocr_necks == 0
     with pytest.raises(ValueError, match="cache_ocr_necks"):
         TrainingConfig(cache_ocr_necks=-1)
+
+
+def test_loop_runs_with_both_caches_and_logs_their_hits(training_setup, caplog):
+    """Two epochs of the real loop with --cache_latents and --cache_ocr_necks: the second epoch encodes no
+    target image; the log states both caches' counts after each epoch and at the end."""
+    from _training_helpers import reset_accelerate
+
+    from anytext2_diffusers.training import train
+
+    root, data, ocr = training_setup
+    config = tiny_config(
+        str(root / "loop"), data, ocr, max_train_steps=4, train_font_ocr=False, cache_latents=True, cache_ocr_necks=500
+    )
+    caplog.set_level("INFO", logger="anytext2_diffusers.training.loop")
+    try:
+        result = train(config)
+    finally:
+        reset_accelerate()
+    assert result.global_step == 4
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("speed caches:")]
+    assert len(summaries) == 2, summaries  # after epoch 0; the run ends within epoch 1
+    assert "latent cache 4 images, 0 hits / 4 misses" in summaries[0]
+    assert "latent cache 4 images, 4 hits / 4 misses" in summaries[1]
+    assert "OCR neck cache" in summaries[1] and "0 bypassed" in summaries[1]

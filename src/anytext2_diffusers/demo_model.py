@@ -33,6 +33,10 @@ RESOLUTION = 128
 # best linear 8 x 8-patch code of 4 channels reads no held-out Latin word; 16 channels read 0.63 of them,
 # docs/demo_model.md). The UNet and WriteNet follow this count (``stage_init``).
 LATENT_CHANNELS = 16
+# Bound of the loop's OCR neck memo: ~10 KiB each, ~0.5 GB. The training set has ~8.6 k distinct glyph
+# lines (text x font); font-hint crops rarely recur and pass through the LRU, so it keeps ~13 epochs of them
+# (simulated glyph-line hit rate 0.98 by epoch 8 with 30 k, 0.70 with 10 k; docs/demo_model.md).
+NECK_CACHE_ENTRIES = 50000
 # One horizontal line across the middle, on the evaluation's 512 px polygon canvas (8..120 x 40..88 at 128 px).
 HELDOUT_BOX = ((32, 160), (480, 160), (480, 352), (32, 352))
 
@@ -248,6 +252,10 @@ def anytext2_args(work: str, data: dict, steps: int, init: dict) -> list[str]:
         "--max_validation_batches", "1",
         "--validation_num_inference_steps", "20",
         "--mixed_precision", "no",
+        # Speed only (docs/demo_model.md, "Cost on CPU"): the clean images' VAE posteriors and the frozen
+        # recognizer's necks are kept after their first computation; the loss is unchanged up to float rounding.
+        "--cache_latents",
+        "--cache_ocr_necks", str(NECK_CACHE_ENTRIES),
         "--report_to", "tensorboard",
         "--resume_from_checkpoint", "latest",
         "--seed", "0",

@@ -524,6 +524,7 @@ def _train(config, callbacks: TrainingCallback, accelerator) -> TrainResult:
     result.global_step, result.nonfinite_total = state.global_step, state.nonfinite_total
     result.data_faults = dict(faults.counts)
     logger.info("%s", faults.summary())
+    logger.info("speed caches: %s", accelerator.unwrap_model(model).cache_summary())
     if not result.interrupted:
         # ------------------------------------------------------------ validation, final folder, hub
         result.validation = validate() or validation_scalars
