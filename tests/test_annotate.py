@@ -29,6 +29,7 @@ from anytext2_diffusers.annotation import (
     match_lines,
     polygon_iou,
     read_captions,
+    widen_box,
 )
 from anytext2_diffusers.annotation.cli import main
 from anytext2_diffusers.data import load_anyword, make_demo_data
@@ -309,6 +310,58 @@ def test_reader_input_and_channel_order_options_read_a_word(annotator):
     std, mean = np.array([0.229, 0.224, 0.225]), np.array([0.485, 0.456, 0.406])
     unnorm = lambda x: x * std[:, None, None] + mean[:, None, None]  # noqa: E731
     np.testing.assert_allclose(unnorm(x_rgb), unnorm(x_bgr)[::-1], atol=1e-5)
+
+
+def test_widen_box_grows_every_side_in_the_box_frame_and_stays_in_the_image():
+    for angle in (0.0, 30.0, -60.0):
+        grown = widen_box(_box(200, 150, 100, 20, angle), 0.1, 400, 500)  # 2 px on every side
+        (cx, cy), (w, h), _ = cv2.minAreaRect(grown)
+        assert (cx, cy) == pytest.approx((200, 150), abs=0.5)
+        assert sorted((w, h)) == pytest.approx([24, 104], abs=0.5), angle
+    edge = widen_box(_box(10, 10, 40, 20, 0), 0.5, 100, 100)  # would reach x = -20: clipped to 0
+    assert edge[:, 0].min() == 0 and edge[:, 1].min() == 0 and edge[:, 0].max() == pytest.approx(40)
+
+
+def test_reader_margin_reads_a_letter_that_the_box_edge_clips(annotator):
+    """The box leaves out part of the first letter (as DB's box did for `akery`): the box alone reads
+    `oakery` (measured confidence 0.83), the box grown by 0.1 of its height on every side `bakery`
+    (0.998), so that reading is kept, with the detector's polygon."""
+    from PIL import ImageDraw, ImageFont
+
+    from anytext2_diffusers.data.fonts import BUNDLED_FONT_DIR
+
+    image = Image.new("RGB", (480, 140), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(str(BUNDLED_FONT_DIR / "NotoSans-Regular.ttf"), 56)
+    draw.text((40, 30), "bakery", font=font, fill=(30, 30, 30))
+    left, top, right, bottom = draw.textbbox((40, 30), "bakery", font=font)
+    b_right = draw.textbbox((40, 30), "b", font=font)[2]
+    cut = left + 0.4 * (b_right - left)  # the box starts 40 % into the b
+    box = [[cut, top - 6], [right + 8, top - 6], [right + 8, bottom + 6], [cut, bottom + 6]]
+    pixels = np.asarray(image)
+    texts = {}
+    for margins in ((), (0.1,)):
+        config = AnnotateConfig(**{**vars(annotator.config), "rec_margins": margins})
+        result = Annotator(config, detector=_FixedBoxes([box]), recognizer=annotator.recognizer)([pixels])[0]
+        texts[margins] = [a["text"] for a in result.annotations]
+        assert all(a["polygon"] == np.round(box).astype(int).tolist() for a in result.annotations)
+    assert texts[(0.1,)] == ["bakery"], texts
+    assert texts[()] != ["bakery"], texts
+    with pytest.raises(ValueError, match="rec_margins"):
+        AnnotateConfig(rec_margins=(0.0,))
+
+
+def test_detector_both_orders_is_the_pixelwise_max_of_the_two_maps(annotator):
+    from anytext2_diffusers.models.ocr import PPOCRDetector
+
+    image = np.zeros((96, 160, 3), np.uint8)
+    image[:, :, 0], image[30:60, 20:140] = 200, (30, 200, 40)  # a bar on a red ground
+    maps = {}
+    for bgr, both in ((True, False), (False, False), (True, True)):
+        detector = PPOCRDetector(limit_side_len=160, limit_type="max", bgr=bgr, both_orders=both)
+        maps[bgr, both] = detector.probability_maps([image])[0]
+    assert not np.array_equal(maps[True, False], maps[False, False])  # the two orders differ here
+    np.testing.assert_array_equal(maps[True, True], np.maximum(maps[True, False], maps[False, False]))
 
 
 # ------------------------------------------------------------------------------------------------
