@@ -227,7 +227,9 @@ class PPOCRDetector:
     """PP-OCRv3 DBNet text detector: RGB uint8 images in, 4-point boxes out.
 
     ``device``: ``cpu`` or ``cuda`` (needs onnxruntime-gpu's CUDA provider; refused with a clear error
-    otherwise). Images whose network input has the same size run as one batch.
+    otherwise). Images whose network input has the same size run as one batch. ``bgr``: the channel
+    order fed to the network; ``both_orders``: run it on both orders and post-process the pixel-wise
+    maximum of the two maps.
     """
 
     def __init__(
