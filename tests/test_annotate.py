@@ -31,7 +31,7 @@ from anytext2_diffusers.annotation import (
     read_captions,
     widen_box,
 )
-from anytext2_diffusers.annotation.cli import main
+from anytext2_diffusers.annotation.cli import build_parser, main
 from anytext2_diffusers.data import load_anyword, make_demo_data
 from anytext2_diffusers.data.synth import make_rotated_line_data
 from anytext2_diffusers.models.ocr.detection import (
@@ -351,6 +351,16 @@ def test_reader_margin_reads_a_letter_that_the_box_edge_clips(annotator):
     assert texts[()] != ["bakery"], texts
     with pytest.raises(ValueError, match="rec_margins"):
         AnnotateConfig(rec_margins=(0.0,))
+
+
+def test_ensemble_flags_parse():
+    base = ["--images", "x", "--output", "y.json"]
+    defaults = build_parser().parse_args(base)
+    assert defaults.det_both_orders is True and defaults.rec_margins == [0.1]
+    off = build_parser().parse_args([*base, "--no-det_both_orders", "--rec_margins"])
+    assert off.det_both_orders is False and off.rec_margins == []
+    assert build_parser().parse_args([*base, "--rec_margins", "0.1", "0.2"]).rec_margins == [0.1, 0.2]
+    assert AnnotateConfig(rec_margins=[]).rec_margins == ()  # the box read once
 
 
 def test_detector_both_orders_is_the_pixelwise_max_of_the_two_maps(annotator):
