@@ -2,7 +2,9 @@
 
     python examples/make_demo_model.py --work_dir demo-train            # runs/resumes every stage
     python examples/make_demo_model.py --work_dir demo-train --until vae
+    python examples/make_demo_model.py --work_dir demo-train --only vae_decoder  # one stage (e.g. beside anytext2)
     python examples/make_demo_model.py --work_dir demo-train --score_vae  # OCR of the latest VAE checkpoint
+    python examples/make_demo_model.py --work_dir demo-train --score_vae vae_decoder
     python examples/make_demo_model.py --work_dir demo-train --score_anytext2  # held-out words, latest loop checkpoint
 
 Each stage is skipped once done and resumes from its checkpoints when interrupted, so the recipe can be
@@ -17,19 +19,32 @@ import sys
 
 from anytext2_diffusers import demo_model as dm
 
-STAGES = ("data", "vae", "init", "anytext2", "eval", "export")
+STAGES = ("data", "vae", "init", "anytext2", "vae_decoder", "eval", "export")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work_dir", required=True, help="data, checkpoints and logs (outside the repository)")
     p.add_argument("--until", choices=STAGES, default="export", help="last stage to run")
+    p.add_argument(
+        "--only",
+        choices=("vae_decoder",),
+        default=None,
+        help="run only this stage (vae_decoder needs only the vae stage, so it can run beside anytext2)",
+    )
     p.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
     p.add_argument("--n_train", type=int, default=4000, help="synthetic training images")
     p.add_argument("--vae_steps", type=int, default=6000)
     p.add_argument("--anytext2_steps", type=int, default=20000)
+    p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")
     p.add_argument("--export_dir", default="demo-model", help="fp16 folder written by the export stage")
-    p.add_argument("--score_vae", action="store_true", help="only score the latest VAE checkpoint, then exit")
+    p.add_argument(
+        "--score_vae",
+        nargs="?",
+        const="vae",
+        choices=("vae", "vae_decoder"),
+        help="only score the latest checkpoint of that VAE stage (default vae), then exit",
+    )
     p.add_argument(
         "--score_anytext2",
         action="store_true",
@@ -43,7 +58,12 @@ def main(argv=None) -> int:
 
     data = dm.stage_data(args.work_dir, n_train=args.n_train, seed=args.seed)
     if args.score_vae:
-        print(json.dumps(dm.score_vae_checkpoint(args.work_dir, data), ensure_ascii=False))
+        print(json.dumps(dm.score_vae_checkpoint(args.work_dir, data, args.score_vae), ensure_ascii=False))
+        return 0
+    decoder = dict(steps=args.vae_decoder_steps, seed=args.seed, stage="vae_decoder")
+    if args.only == "vae_decoder":
+        record = dm.stage_vae(args.work_dir, data, **decoder)
+        print(json.dumps({k: v for k, v in record.items() if k != "config"}, ensure_ascii=False))
         return 0
     if args.score_anytext2:
         scored = dm.score_anytext2_checkpoint(args.work_dir, data, args.score_sampler_steps, args.score_limit)
@@ -56,8 +76,10 @@ def main(argv=None) -> int:
     if last >= 3:
         trained = dm.stage_anytext2(args.work_dir, data, init, steps=args.anytext2_steps)
     if last >= 4:
-        print(json.dumps(dm.stage_eval(args.work_dir, data, trained["pipeline"]), ensure_ascii=False))
+        dm.stage_vae(args.work_dir, data, **decoder)
     if last >= 5:
+        print(json.dumps(dm.stage_eval(args.work_dir, data, trained["pipeline"]), ensure_ascii=False))
+    if last >= 6:
         print(json.dumps(dm.stage_export(args.work_dir, trained["pipeline"], args.export_dir), ensure_ascii=False))
     return 0
 

@@ -80,6 +80,27 @@ def test_vae_latent_channels_reach_the_model_and_a_changed_count_is_refused(tmp_
         train_vae(config, images)
 
 
+def test_vae_decoder_continuation_keeps_the_encoder_and_trains_the_decoder(tmp_path):
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 3, 64, 64), dtype=np.uint8))
+    first = train_vae(_vae_config(tmp_path / "a", 2), images)["vae"]
+    config = _vae_config(tmp_path / "b", 2)
+    config.init_from, config.train_encoder = str(tmp_path / "a" / "vae"), False
+    second = train_vae(config, images)["vae"]
+    changed = {
+        n for (n, p), q in zip(first.state_dict().items(), second.state_dict().values()) if not torch.equal(p, q)
+    }
+    encoder = {n for n in first.state_dict() if n.startswith(("encoder.", "quant_conv."))}
+    assert changed and not changed & encoder  # the latents stay those the diffusion model learned
+    assert any(n.startswith("decoder.") for n in changed)
+    second_resumed = train_vae(dataclasses.replace(config, max_train_steps=3), images)["vae"]  # resumes its own
+    assert all(torch.equal(second_resumed.state_dict()[n], first.state_dict()[n]) for n in encoder)
+    with pytest.raises(ValueError, match="train_encoder=False needs init_from"):
+        train_vae(dataclasses.replace(config, init_from=None, output_dir=str(tmp_path / "c")), images)
+    other = dataclasses.replace(config, latent_channels=8, output_dir=str(tmp_path / "d"))
+    with pytest.raises(ValueError, match="vae: field config.json latent_channels is 4, this run's VAE has 8"):
+        train_vae(other, images)
+
+
 @pytest.mark.filterwarnings("ignore")
 def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     work = str(tmp_path / "work")
@@ -102,8 +123,10 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert "--no-sd_locked" in trained["command"] and os.path.isfile(
         os.path.join(trained["pipeline"], "model_index.json")
     )
+    decoder = dm.stage_vae(work, data, steps=1, stage="vae_decoder")
+    assert decoder["config"]["train_encoder"] is False and decoder["seed"] == 1
     scored = dm.stage_eval(work, data, trained["pipeline"], steps=2, limit=2)
-    assert scored["ocr"]["lines"] == 2
+    assert scored["ocr"]["lines"] == 2 and scored["vae"] == "vae_decoder"
     followed = dm.score_anytext2_checkpoint(work, data, steps=2, limit=2)  # how a running stage is followed
     assert followed["checkpoint"] == "checkpoint-1" and followed["ocr"]["lines"] == 2
     assert {"controlnet", "attnx", "text_embedding", "unet"} == set(followed["components"])
@@ -125,7 +148,15 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
         loaded, saved = getattr(pipe, name).config, getattr(source, name).config
         assert {k: v for k, v in loaded.items() if k != drop} == {k: v for k, v in saved.items() if k != drop}
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
-        assert [r["stage"] for r in json.load(f)] == ["data", "vae", "init", "anytext2", "eval", "export"]
+        assert [r["stage"] for r in json.load(f)] == [
+            "data", "vae", "init", "anytext2", "vae_decoder", "eval", "export"
+        ]  # fmt: skip
+    from diffusers import AutoencoderKL
+
+    shipped = AutoencoderKL.from_pretrained(os.path.join(out, "vae")).state_dict()
+    tuned = AutoencoderKL.from_pretrained(os.path.join(work, "vae_decoder", "vae")).state_dict()
+    assert all(torch.equal(shipped[n], tuned[n].half()) for n in tuned)  # the export ships the tuned decoder
+    assert AutoencoderKL.from_pretrained(os.path.join(out, "vae")).config.scaling_factor == init["vae_scaling_factor"]
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "anytext2-train --pretrained_model_name_or_path" in card and '"seed": 0' in card
     assert dm.stage_vae(work, data, steps=99) == vae  # a finished stage is skipped, not re-run

@@ -10,8 +10,11 @@ Stages, each resumable and skipped once its ``done.json`` exists in the work fol
    ``from_unet`` + the text embedding (font branch reading with the glyph recognizer);
 4. ``anytext2``: the suite's own training loop on it (``anytext2_diffusers.training.main``, resumed
    from its latest checkpoint);
-5. ``eval``: generate each held-out word at a fixed box and read it back with the OCR evaluation;
-6. ``export``: fp16 safetensors without the PP-OCRv3 recognizer (``demo_pipeline`` converts the one
+5. ``vae_decoder``: the VAE's decoder trained further with its encoder frozen, so the latents the
+   ``anytext2`` stage learned stay valid (needs only ``vae``: it can run beside ``anytext2``); the
+   ``eval`` and ``export`` stages use this decoder;
+6. ``eval``: generate each held-out word at a fixed box and read it back with the OCR evaluation;
+7. ``export``: fp16 safetensors without the PP-OCRv3 recognizer (``demo_pipeline`` converts the one
    rapidocr ships at load time) and a model card with the commands, steps, seeds and wall times.
 
 Every stage appends what it ran to ``recipe.json``, which the model card reproduces.
@@ -146,38 +149,49 @@ def score_images(images, benchmark_json: str, out_dir: str, reader=None) -> dict
     return summary
 
 
-def vae_config_for(work: str, data: dict, steps: int, seed: int = 0):
+def vae_config_for(work: str, data: dict, steps: int, seed: int = 0, stage: str = "vae"):
+    """The VAE stage's training config; ``stage="vae_decoder"``: the decoder-only continuation from its result."""
     from .training.vae import VAETrainingConfig
 
-    return VAETrainingConfig(
-        output_dir=os.path.join(work, "vae"),
+    config = VAETrainingConfig(
+        output_dir=os.path.join(work, stage),
         train_data=[data["train"]],
         max_train_steps=steps,
         seed=seed,
         latent_channels=LATENT_CHANNELS,
     )
+    if stage == "vae_decoder":
+        config.init_from, config.train_encoder = os.path.join(work, "vae", "vae"), False
+        config.seed = seed + 1  # other crops than the first stage's
+    elif stage != "vae":
+        raise ValueError(f"stage must be 'vae' or 'vae_decoder', got {stage!r}")
+    return config
 
 
-def stage_vae(work: str, data: dict, steps: int = 3000, seed: int = 0) -> dict:
-    done = _done(work, "vae")
+def stage_vae(work: str, data: dict, steps: int = 3000, seed: int = 0, stage: str = "vae") -> dict:
+    """Train the VAE (``stage="vae"``) or continue its decoder alone (``"vae_decoder"``), then read the
+    held-out lines of the originals and of the reconstructions."""
+    done = _done(work, stage)
     if done:
         return done
+    if stage == "vae_decoder" and not _done(work, "vae"):
+        raise RuntimeError("the vae_decoder stage continues the vae stage's VAE: run the vae stage first")
     from .training.vae import load_images, reconstruct, train_vae
 
-    config = vae_config_for(work, data, steps, seed)
+    config = vae_config_for(work, data, steps, seed, stage)
     result = train_vae(config)
     held = load_images([data["heldout_images"]], RESOLUTION)
     reader = ocr_reader()
-    original = score_images(held, data["heldout_images"], os.path.join(work, "vae", "eval_original"), reader)
+    original = score_images(held, data["heldout_images"], os.path.join(work, stage, "eval_original"), reader)
     recon = reconstruct(result["vae"], held)
-    rebuilt = score_images(recon, data["heldout_images"], os.path.join(work, "vae", "eval_reconstructed"), reader)
+    rebuilt = score_images(recon, data["heldout_images"], os.path.join(work, stage, "eval_reconstructed"), reader)
     return _finish(
         work,
-        "vae",
+        stage,
         dict(
             steps=result["steps"],
             wall_s=result["wall_s"],
-            seed=seed,
+            seed=config.seed,
             config={k: v for k, v in vars(config).items() if k != "train_data"},
             ocr_original=_short(original),
             ocr_reconstructed=_short(rebuilt),
@@ -282,7 +296,28 @@ def stage_anytext2(work: str, data: dict, init: dict, steps: int = 20000, extra_
     )
 
 
-# --- 5. eval -------------------------------------------------------------------------------------
+# --- 5. vae_decoder (stage_vae with stage="vae_decoder") -------------------------------------------
+def use_final_decoder(work: str, pipe) -> str:
+    """Put the ``vae_decoder`` stage's VAE (if that stage is done) into ``pipe``; returns which VAE it has.
+
+    Its encoder must be the pipeline's, weight for weight (the latents the UNet learned); the pipeline's
+    ``scaling_factor`` (set by ``init``) is kept."""
+    if not _done(work, "vae_decoder"):
+        return "vae"
+    from diffusers import AutoencoderKL
+
+    folder = os.path.join(work, "vae_decoder", "vae")
+    vae = AutoencoderKL.from_pretrained(folder).to(dtype=pipe.vae.dtype)
+    ours = pipe.vae.state_dict()
+    for name, weight in vae.state_dict().items():
+        if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(weight, ours[name]):
+            raise ValueError(f"{folder}: encoder weight {name} differs from the pipeline's (its latents would differ)")
+    vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
+    pipe.register_modules(vae=vae.eval())
+    return "vae_decoder"
+
+
+# --- 6. eval -------------------------------------------------------------------------------------
 def generate_and_score(
     pipe, benchmark_json: str, out_dir: str, steps: int = 20, seed: int = 100, reader=None, limit: int | None = None
 ) -> dict:
@@ -311,13 +346,15 @@ def stage_eval(work: str, data: dict, pipeline_dir: str, steps: int = 20, limit:
     from .evaluation.generate import load_pipeline
 
     pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    vae = use_final_decoder(work, pipe)
     start = time.perf_counter()
     images = os.path.join(work, "eval", "images")
     summary = generate_and_score(pipe, data["heldout_words"], images, steps, limit=limit)
-    return _finish(work, "eval", dict(ocr=summary, steps=steps, wall_s=round(time.perf_counter() - start, 1)))
+    record = dict(ocr=summary, steps=steps, vae=vae, wall_s=round(time.perf_counter() - start, 1))
+    return _finish(work, "eval", record)
 
 
-# --- 6. export ------------------------------------------------------------------------------------
+# --- 7. export ------------------------------------------------------------------------------------
 def model_card(work: str) -> str:
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         recipe = json.load(f)
@@ -343,10 +380,11 @@ def stage_export(work: str, pipeline_dir: str, out_dir: str) -> dict:
     from .evaluation.generate import load_pipeline
 
     pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    vae = use_final_decoder(work, pipe)
     pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     shutil.rmtree(os.path.join(out_dir, "ocr"))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs)
-    record = _finish(work, "export", dict(out_dir=out_dir, bytes=size, dtype="float16", without="ocr"))
+    record = _finish(work, "export", dict(out_dir=out_dir, bytes=size, dtype="float16", without="ocr", vae=vae))
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(work))
     return record
@@ -388,20 +426,21 @@ def learning_check(
     return dict(command="anytext2-train " + " ".join(args), steps=steps, train_wall_s=wall, before=before, after=after)
 
 
-def score_vae_checkpoint(work: str, data: dict) -> dict:
-    """OCR of the held-out lines reconstructed by the VAE's latest checkpoint (to follow a running stage)."""
+def score_vae_checkpoint(work: str, data: dict, stage: str = "vae") -> dict:
+    """OCR of the held-out lines reconstructed by the latest checkpoint of the ``vae`` or ``vae_decoder``
+    stage (to follow a running stage)."""
     from diffusers import AutoencoderKL
 
     from .training.vae import CHECKPOINT, check_checkpoint_config, load_images, reconstruct, vae_config
 
-    config = vae_config_for(work, data, 0)
+    config = vae_config_for(work, data, 0, stage=stage)
     path = os.path.join(config.output_dir, CHECKPOINT)
     state = torch.load(path, map_location="cpu", weights_only=True)
     vae = AutoencoderKL(**vae_config(config))
     check_checkpoint_config(path, state, vae)
     vae.load_state_dict(state["model"])
     held = load_images([data["heldout_images"]], RESOLUTION)
-    out = os.path.join(work, "vae", f"eval_step{state['step']}")
+    out = os.path.join(work, stage, f"eval_step{state['step']}")
     return dict(step=state["step"], ocr=score_images(reconstruct(vae.eval(), held), data["heldout_images"], out))
 
 
@@ -434,6 +473,7 @@ def score_anytext2_checkpoint(work: str, data: dict, steps: int = 20, limit: int
             pipe.register_modules(**{name: cls.from_pretrained(folder).eval()})
             swapped.append(name)
     pipe.attach_attnx()
+    vae = use_final_decoder(work, pipe)
     out = os.path.join(work, "anytext2", "eval_" + os.path.basename(ckpt))
     summary = generate_and_score(pipe, data["heldout_words"], out, steps, limit=limit)
-    return dict(checkpoint=os.path.basename(ckpt), components=swapped, sampler_steps=steps, ocr=summary)
+    return dict(checkpoint=os.path.basename(ckpt), components=swapped, vae=vae, sampler_steps=steps, ocr=summary)

@@ -54,6 +54,11 @@ class VAETrainingConfig:
     # 4 as SD. More channels carry more letter shape at latent = image / 8 (docs/demo_model.md); the AnyText2
     # stage of the demo recipe is built for 4 (the tiny UNet's in/out and WriteNet's masked-latent channels).
     latent_channels: int = 4
+    # Start from this trained VAE (a save_pretrained folder of the same architecture) instead of random weights.
+    init_from: str | None = None
+    # False trains the decoder only: the encoder (and quant_conv) stay as loaded, so the latents, and every
+    # diffusion model trained on them, stay valid (how Stability fine-tuned SD's VAE into sd-vae-ft-mse).
+    train_encoder: bool = True
 
 
 def vae_config(config: VAETrainingConfig) -> dict:
@@ -141,14 +146,38 @@ def check_checkpoint_config(path: str, state: dict, vae: AutoencoderKL) -> None:
             )
 
 
+def _encoder_parameters(vae: AutoencoderKL) -> list:
+    return [*vae.encoder.parameters(), *vae.quant_conv.parameters()]
+
+
+def _initial_vae(config: VAETrainingConfig) -> AutoencoderKL:
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL(**vae_config(config))
+    if config.init_from:
+        trained = AutoencoderKL.from_pretrained(config.init_from)
+        wanted = json.loads(json.dumps(dict(vae.config)))
+        for key, value in sorted(json.loads(json.dumps(dict(trained.config))).items()):
+            if key not in ("_name_or_path", "scaling_factor") and not key.startswith("_") and wanted.get(key) != value:
+                raise ValueError(
+                    f"{config.init_from}: field config.json {key} is {value!r}, this run's VAE has {wanted.get(key)!r}"
+                )
+        vae.load_state_dict(trained.state_dict())
+    if not config.train_encoder:
+        if not config.init_from:
+            raise ValueError("VAETrainingConfig.train_encoder=False needs init_from (a trained encoder to keep)")
+        for p in _encoder_parameters(vae):
+            p.requires_grad_(False)
+    return vae
+
+
 def train_vae(config: VAETrainingConfig, images: torch.Tensor | None = None) -> dict:
     """Train (or resume) to ``max_train_steps``; writes ``vae/`` (save_pretrained) and ``log.jsonl``."""
     os.makedirs(config.output_dir, exist_ok=True)
     if images is None:
         images = load_images(config.train_data, config.resolution)
-    torch.manual_seed(config.seed)
-    vae = AutoencoderKL(**vae_config(config))
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    vae = _initial_vae(config)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     ckpt_path = os.path.join(config.output_dir, CHECKPOINT)
     step, wall = 0, 0.0
     if os.path.isfile(ckpt_path):
