@@ -138,6 +138,10 @@ def main():
     ap.add_argument("--no_merge_fragments", action="store_true", help="read detector boxes as they come")
     ap.add_argument("--channel_order", choices=["bgr", "rgb"], default=None, help="detector input and crops")
     ap.add_argument("--rec_input", choices=["paddle", "torch"], default=None, help="reader input preprocessing")
+    ap.add_argument(
+        "--det_both_orders", action=argparse.BooleanOptionalAction, default=None, help="max of BGR and RGB maps"
+    )
+    ap.add_argument("--rec_margins", type=float, nargs="*", default=None, help="reader margin views (none: box only)")
     ap.add_argument("--runtime_comparison", action="store_true", help="recognizer: onnxruntime vs torch")
     a = ap.parse_args()
     overrides = {"det_limit_side_len": a.det_limit_side_len, "det_limit_type": a.det_limit_type}
@@ -148,6 +152,10 @@ def main():
         overrides["det_bgr"] = overrides["rec_bgr"] = a.channel_order == "bgr"
     if a.rec_input:
         overrides["rec_input"] = a.rec_input
+    if a.det_both_orders is not None:
+        overrides["det_both_orders"] = a.det_both_orders
+    if a.rec_margins is not None:
+        overrides["rec_margins"] = tuple(a.rec_margins)
     if a.no_merge_fragments:
         overrides["det_merge_fragments"] = False
     if a.paddleocr_detector:

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 
@@ -18,6 +19,7 @@ from ..models.ocr import (
     prepare_crops,
     rotate_if_vertical,
 )
+from ..models.ocr.crop import order_box_points
 
 # CJK Unified Ideographs (+ extension A, compatibility ideographs, extensions B-F).
 _CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef]")
@@ -56,6 +58,14 @@ class AnnotateConfig:
     # images); False feeds RGB, as RapidOCR 1.2.3 does (measured both ways in docs/own_data.md).
     rec_bgr: bool = True
     det_bgr: bool = True
+    # Detector test-time ensemble: the pixel-wise maximum of the probability maps for BGR and RGB input
+    # (two detector passes); found more lines on the six accuracy sets of docs/own_data.md.
+    det_both_orders: bool = True
+    # Reader test-time ensemble: each box is also read with this much more margin (fractions of its
+    # height added on every side, the box itself always read), and the most confident reading is kept;
+    # a box edge that clips a letter (`akery` for `bakery`) is read whole from the wider crop. The
+    # polygon written stays the detector's box. () reads the box only.
+    rec_margins: tuple[float, ...] = (0.1,)
     # Reader input: "torch" is the training's resize (torch bilinear, 64-pixel canvas steps); "paddle" is
     # PaddleOCR's inference preprocessing (uint8 crop, cv2 resize, per-crop canvas:
     # models.ocr.paddle_resize_norm). Measured no better on the accuracy sets (docs/own_data.md).
@@ -66,6 +76,9 @@ class AnnotateConfig:
             raise ValueError(f"languages must be 'auto', 'Chinese' or 'Latin', got {self.languages!r}")
         if self.rec_input not in ("paddle", "torch"):
             raise ValueError(f"rec_input must be 'paddle' or 'torch', got {self.rec_input!r}")
+        self.rec_margins = tuple(float(m) for m in self.rec_margins)
+        if any(not 0 < m <= 1 for m in self.rec_margins):
+            raise ValueError(f"rec_margins must be in (0, 1] (fractions of the box height), got {self.rec_margins}")
         if self.max_lines < 1 or self.batch_size < 1 or self.min_chars < 1:
             raise ValueError("max_lines, batch_size and min_chars must be at least 1")
 
@@ -138,6 +151,17 @@ def _short_side(box: np.ndarray) -> float:
     return float(min(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[0] - box[3])))
 
 
+def widen_box(box: np.ndarray, margin: float, height: int, width: int) -> np.ndarray:
+    """The box's min-area rectangle grown by ``margin`` x its shorter side on every side, in its own
+    frame (any angle), corners clipped to the image; ordered as ``order_box_points``."""
+    (cx, cy), (w, h), angle = cv2.minAreaRect(np.asarray(box, dtype=np.float32))
+    d = margin * min(w, h)
+    grown = cv2.boxPoints(((cx, cy), (w + 2 * d, h + 2 * d), angle))
+    grown[:, 0] = np.clip(grown[:, 0], 0, width - 1)
+    grown[:, 1] = np.clip(grown[:, 1], 0, height - 1)
+    return order_box_points(grown)
+
+
 class Annotator:
     """Detect, crop (``crop_line_by_polygon``, the training crop), read, filter.
 
@@ -157,6 +181,7 @@ class Annotator:
                 limit_side_len=self.config.det_limit_side_len,
                 limit_type=self.config.det_limit_type,
                 bgr=self.config.det_bgr,
+                both_orders=self.config.det_both_orders,
                 postprocess=DBPostProcessConfig(
                     box_thresh=self.config.det_box_thresh,
                     unclip_ratio=self.config.det_unclip_ratio,
@@ -193,11 +218,18 @@ class Annotator:
             if kept:
                 pixels = image if image.flags.writeable else image.copy()
                 tensor = torch.from_numpy(pixels).permute(2, 0, 1).to(self.config.device, torch.float32)
+                h, w = image.shape[:2]
                 for box in kept:
                     crops.append(crop_line_by_polygon(tensor, box))
+                    crops.extend(crop_line_by_polygon(tensor, widen_box(box, m, h, w)) for m in cfg.rec_margins)
                     owners.append((k, box))
         texts, scores = read_crops(self.recognizer, crops, cfg.batch_size, cfg.rec_bgr, cfg.rec_input)
-        for (k, box), text, score in zip(owners, texts, scores):
+        views = 1 + len(cfg.rec_margins)
+        readings = [
+            max(zip(texts[i : i + views], scores[i : i + views]), key=lambda ts: ts[1])  # first wins a tie
+            for i in range(0, len(texts), views)
+        ]
+        for (k, box), (text, score) in zip(owners, readings):
             text = text.strip()
             if not text:
                 results[k].dropped["empty"] += 1

@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="join boxes that are pieces of one line (collinear, same height, touching) before reading",
     )
+    det.add_argument(
+        "--det_both_orders",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="detect on the pixel-wise maximum of the text maps for BGR and RGB input (two detector passes)",
+    )
+    ap.add_argument(
+        "--rec_margins",
+        type=float,
+        nargs="*",
+        default=[0.1],
+        metavar="M",
+        help="also read each box grown by M x its height on every side and keep the most confident reading "
+        "(none given: read the box only)",
+    )
     ap.add_argument(
         "--channel_order",
         default="bgr",
@@ -97,6 +112,8 @@ def main(argv=None) -> int:
             det_bgr=args.channel_order == "bgr",
             rec_bgr=args.channel_order == "bgr",
             rec_input=args.rec_input,
+            det_both_orders=args.det_both_orders,
+            rec_margins=tuple(args.rec_margins),
         )
         run = AnnotateRun(
             images=args.images,

@@ -227,7 +227,9 @@ class PPOCRDetector:
     """PP-OCRv3 DBNet text detector: RGB uint8 images in, 4-point boxes out.
 
     ``device``: ``cpu`` or ``cuda`` (needs onnxruntime-gpu's CUDA provider; refused with a clear error
-    otherwise). Images whose network input has the same size run as one batch.
+    otherwise). Images whose network input has the same size run as one batch. ``bgr``: the channel
+    order fed to the network; ``both_orders``: run it on both orders and post-process the pixel-wise
+    maximum of the two maps.
     """
 
     def __init__(
@@ -240,6 +242,7 @@ class PPOCRDetector:
         num_threads: int | None = None,
         max_side_limit: int | None = 4000,
         bgr: bool = True,
+        both_orders: bool = False,
     ):
         import onnxruntime as ort
 
@@ -270,19 +273,30 @@ class PPOCRDetector:
         self.limit_type = limit_type
         self.max_side_limit = max_side_limit
         self.bgr = bgr
+        self.both_orders = both_orders
         self.postprocess = postprocess or DBPostProcessConfig()
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
+    def preprocess(self, image: np.ndarray, bgr: bool | None = None) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> (3, h, w) float32 network input (BGR unless ``bgr=False``, ImageNet-normalised)."""
+        bgr = self.bgr if bgr is None else bgr
         h, w = image.shape[:2]
         new_h, new_w = resize_for_detection(h, w, self.limit_side_len, self.limit_type, self.max_side_limit)
-        resized = cv2.resize(image[:, :, ::-1] if self.bgr else image, (new_w, new_h))
+        resized = cv2.resize(image[:, :, ::-1] if bgr else image, (new_w, new_h))
         x = (resized.astype(np.float32) / 255.0 - _MEAN) / _STD
         return x.transpose(2, 0, 1)
 
     def probability_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """One (h, w) text probability map per image, same-size inputs batched together."""
-        inputs = [self.preprocess(im) for im in images]
+        """One (h, w) text probability map per image; with ``both_orders`` the pixel-wise maximum of the
+        maps for BGR and for RGB input (a pixel is text when either order sees it: a line whose colours
+        contrast weakly in one order is kept by the other; two passes)."""
+        maps = self._probability_maps(images, self.bgr)
+        if self.both_orders:
+            maps = [np.maximum(a, b) for a, b in zip(maps, self._probability_maps(images, not self.bgr))]
+        return maps
+
+    def _probability_maps(self, images: list[np.ndarray], bgr: bool) -> list[np.ndarray]:
+        """Maps for one channel order, same-size inputs batched together."""
+        inputs = [self.preprocess(im, bgr) for im in images]
         maps: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(inputs):
