@@ -123,6 +123,9 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert "--no-sd_locked" in trained["command"] and os.path.isfile(
         os.path.join(trained["pipeline"], "model_index.json")
     )
+    # The held-out-word images are the loop's validation set: a grid of them is written (at the end here).
+    assert f"--validation_data {data['heldout_images']}" in trained["command"]
+    assert os.path.isfile(os.path.join(trained["pipeline"], "validation", "step-000001.png"))
     decoder = dm.stage_vae(work, data, steps=1, stage="vae_decoder")
     assert decoder["config"]["train_encoder"] is False and decoder["seed"] == 1
     scored = dm.stage_eval(work, data, trained["pipeline"], steps=2, limit=2)

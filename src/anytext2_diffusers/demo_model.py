@@ -250,6 +250,8 @@ def anytext2_args(work: str, data: dict, steps: int, init: dict) -> list[str]:
     return [
         "--pretrained_model_name_or_path", init["pipeline"],
         "--train_data", data["train"],
+        # The held-out-word images: the loop's validation grids (every 500 steps) show them being written.
+        "--validation_data", data["heldout_images"],
         "--output_dir", os.path.join(work, "anytext2"),
         "--resolution", str(RESOLUTION),
         "--max_lines", "3",
