@@ -138,12 +138,23 @@ def check_checkpoint_config(path: str, state: dict, vae: AutoencoderKL) -> None:
     if "vae_config" not in state:  # written before checkpoints recorded their config
         logger.warning("%s does not record its VAE config; assuming the current one", path)
         return
-    saved, current = json.loads(state["vae_config"]), json.loads(json.dumps(dict(vae.config)))
+    saved, current = json.loads(state["vae_config"]), _plain_config(vae)
+    key = _first_difference(saved, current)
+    if key is not None:
+        raise ValueError(f"{path}: field vae_config.{key} is {saved.get(key)!r}, this run's is {current.get(key)!r}")
+
+
+def _plain_config(vae: AutoencoderKL) -> dict:
+    """The model's config as JSON reads it back (tuples as lists)."""
+    return json.loads(json.dumps(dict(vae.config)))
+
+
+def _first_difference(saved: dict, current: dict, ignore: tuple = ()) -> str | None:
+    """The first architecture field (not ``_``-private, not in ``ignore``) on which two configs differ."""
     for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key) and not key.startswith("_"):
-            raise ValueError(
-                f"{path}: field vae_config.{key} is {saved.get(key)!r}, this run's is {current.get(key)!r}"
-            )
+        if not key.startswith("_") and key not in ignore and saved.get(key) != current.get(key):
+            return key
+    return None
 
 
 def _encoder_parameters(vae: AutoencoderKL) -> list:
@@ -151,20 +162,20 @@ def _encoder_parameters(vae: AutoencoderKL) -> list:
 
 
 def _initial_vae(config: VAETrainingConfig) -> AutoencoderKL:
+    if not config.train_encoder and not config.init_from:
+        raise ValueError("VAETrainingConfig.train_encoder=False needs init_from (a trained encoder to keep)")
     torch.manual_seed(config.seed)
     vae = AutoencoderKL(**vae_config(config))
     if config.init_from:
         trained = AutoencoderKL.from_pretrained(config.init_from)
-        wanted = json.loads(json.dumps(dict(vae.config)))
-        for key, value in sorted(json.loads(json.dumps(dict(trained.config))).items()):
-            if key not in ("_name_or_path", "scaling_factor") and not key.startswith("_") and wanted.get(key) != value:
-                raise ValueError(
-                    f"{config.init_from}: field config.json {key} is {value!r}, this run's VAE has {wanted.get(key)!r}"
-                )
+        saved, wanted = _plain_config(trained), _plain_config(vae)
+        wanted = {k: wanted.get(k) for k in saved}  # fields the saved config records
+        key = _first_difference(saved, wanted, ignore=("scaling_factor",))  # init sets the factor later
+        if key is not None:
+            field = f"{config.init_from}: field config.json {key}"
+            raise ValueError(f"{field} is {saved[key]!r}, this run's VAE has {wanted[key]!r}")
         vae.load_state_dict(trained.state_dict())
     if not config.train_encoder:
-        if not config.init_from:
-            raise ValueError("VAETrainingConfig.train_encoder=False needs init_from (a trained encoder to keep)")
         for p in _encoder_parameters(vae):
             p.requires_grad_(False)
     return vae
