@@ -102,7 +102,7 @@ class LatentCache:
         if edit_rows:
             parts.append(batch.masked_image_float()[edit_rows])
         if need_blank:
-            parts.append(torch.full((1, *shape), -1.0))
+            parts.append(torch.full((1, *shape), -1.0, device=batch.image.device))  # beside the batch (cuda)
         mean = std = None
         if parts:
             mean, std = encode(torch.cat(parts))
