@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--n_train", type=int, default=4000, help="synthetic training images")
     p.add_argument("--vae_steps", type=int, default=6000)
     p.add_argument("--unet_steps", type=int, default=4000, help="plain-diffusion pretraining steps of the UNet")
-    p.add_argument("--unet_batch_size", type=int, default=32)
+    p.add_argument("--unet_batch_size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="device of the unet stage (the loop's is Accelerate's choice)")
     p.add_argument("--anytext2_steps", type=int, default=20000)
     p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")

@@ -223,7 +223,7 @@ def _recipe_vae(work: str, data: dict, seed: int):
 
 
 def stage_unet(
-    work: str, data: dict, steps: int = 4000, seed: int = 0, batch_size: int = 32, device: str = "cpu"
+    work: str, data: dict, steps: int = 4000, seed: int = 0, batch_size: int = 16, device: str = "cpu"
 ) -> dict:
     """Pretrain the tiny UNet as plain text-to-image diffusion on the VAE's latents (``training.unet_pretrain``):
     the SD1.5 that AnyText2 fine-tunes, made here. Its text encoder is ``tiny_components(seed)``' (frozen and

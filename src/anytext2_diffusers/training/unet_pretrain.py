@@ -35,7 +35,7 @@ class UNetPretrainConfig:
     output_dir: str
     train_data: list = field(default_factory=list)  # AnyWord JSON files: their images and captions
     resolution: int = 128
-    batch_size: int = 32
+    batch_size: int = 16
     learning_rate: float = 3e-4
     max_train_steps: int = 4000
     checkpointing_steps: int = 100
