@@ -109,9 +109,11 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     # The originals are readable (the OCR and cropping are wired); one VAE step cannot reconstruct text.
     assert vae["ocr_original"]["lines"] > 0 and vae["ocr_original"]["ned"] > 0.8
     assert vae["ocr_reconstructed"]["lines"] == vae["ocr_original"]["lines"]
-    unet = dm.stage_unet(work, data, steps=2, batch_size=2)
+    unet = dm.stage_unet(work, data, steps=2, batch_size=2, prediction_type="v_prediction")
     assert unet["steps"] == 2 and np.isfinite(unet["final_loss"])
     init = dm.stage_init(work, data, unet)
+    with open(os.path.join(init["pipeline"], "scheduler", "scheduler_config.json")) as f:
+        assert json.load(f)["prediction_type"] == init["prediction_type"] == "v_prediction"  # the loop follows it
     with open(os.path.join(init["pipeline"], "vae", "config.json")) as f:
         assert json.load(f)["scaling_factor"] == init["vae_scaling_factor"] > 0
     # The AnyText2 model starts from the pretrained UNet, and WriteNet from its encoder (as from SD1.5's).

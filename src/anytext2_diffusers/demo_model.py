@@ -38,6 +38,9 @@ RESOLUTION = 128
 # best linear 8 x 8-patch code of 4 channels reads no held-out Latin word; 16 channels read 0.63 of them,
 # docs/demo_model.md). The UNet and WriteNet follow this count (``stage_init``).
 LATENT_CHANNELS = 16
+# What the tiny UNet predicts (the unet stage's scheduler; init saves it with the pipeline, so the loop and the
+# sampler follow it).
+PREDICTION_TYPE = "epsilon"
 # Bound of the loop's OCR neck memo: ~10 KiB each, ~0.5 GB. The training set has ~8.6 k distinct glyph
 # lines (text x font); font-hint crops rarely recur and pass through the LRU, so it keeps ~13 epochs of them
 # (simulated glyph-line hit rate 0.98 by epoch 8 with 30 k, 0.70 with 10 k; docs/demo_model.md).
@@ -223,7 +226,13 @@ def _recipe_vae(work: str, data: dict, seed: int):
 
 
 def stage_unet(
-    work: str, data: dict, steps: int = 4000, seed: int = 0, batch_size: int = 16, device: str = "cpu"
+    work: str,
+    data: dict,
+    steps: int = 4000,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str = "cpu",
+    prediction_type: str = PREDICTION_TYPE,
 ) -> dict:
     """Pretrain the tiny UNet as plain text-to-image diffusion on the VAE's latents (``training.unet_pretrain``):
     the SD1.5 that AnyText2 fine-tunes, made here. Its text encoder is ``tiny_components(seed)``' (frozen and
@@ -236,6 +245,7 @@ def stage_unet(
 
     vae = _recipe_vae(work, data, seed)
     parts = dict(tiny_components(seed, latent_channels=vae.config.latent_channels), vae=vae)
+    parts["scheduler"].register_to_config(prediction_type=prediction_type)
     config = UNetPretrainConfig(
         output_dir=os.path.join(work, "unet"),
         train_data=[data["train"]],
@@ -253,6 +263,7 @@ def stage_unet(
         steps=result["steps"],
         wall_s=result["wall_s"],
         final_loss=last["loss"],
+        prediction_type=prediction_type,
         config={k: v for k, v in vars(config).items() if k != "train_data"},
     )
     return _finish(work, "unet", record)
@@ -281,6 +292,7 @@ def stage_init(work: str, data: dict, unet: dict | None = None, seed: int = 0) -
     base = tiny_components(seed, latent_channels=vae.config.latent_channels)
     if unet is not None:
         base["unet"] = UNet2DConditionModel.from_pretrained(unet["unet"]).eval()
+        base["scheduler"].register_to_config(prediction_type=unet.get("prediction_type", "epsilon"))
     parts = new_anytext2_parts(base, config)
     parts["vae"] = vae
     folder = os.path.join(work, "init", "pipeline")
@@ -291,6 +303,7 @@ def stage_init(work: str, data: dict, unet: dict | None = None, seed: int = 0) -
         tiny_model=True,
         train_font_ocr=False,
         pretrained_unet=None if unet is None else unet["unet"],
+        prediction_type=base["scheduler"].config.prediction_type,
         latent_channels=vae.config.latent_channels,
         vae_scaling_factor=vae.config.scaling_factor,
     )
