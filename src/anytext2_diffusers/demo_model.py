@@ -39,8 +39,10 @@ RESOLUTION = 128
 # docs/demo_model.md). The UNet and WriteNet follow this count (``stage_init``).
 LATENT_CHANNELS = 16
 # What the tiny UNet predicts (the unet stage's scheduler; init saves it with the pipeline, so the loop and the
-# sampler follow it).
-PREDICTION_TYPE = "epsilon"
+# sampler follow it). v, not SD1.5's epsilon: the tiny UNet's epsilon error at high noise, blown up by
+# sqrt((1 - a_t) / a_t) (14x at t = 999), left its samples colour noise; with v the clean-latent error at
+# t >= 800 was 2-13x smaller after half the steps (docs/demo_model.md, "The unet stage").
+PREDICTION_TYPE = "v_prediction"
 # Bound of the loop's OCR neck memo: ~10 KiB each, ~0.5 GB. The training set has ~8.6 k distinct glyph
 # lines (text x font); font-hint crops rarely recur and pass through the LRU, so it keeps ~13 epochs of them
 # (simulated glyph-line hit rate 0.98 by epoch 8 with 30 k, 0.70 with 10 k; docs/demo_model.md).
