@@ -349,12 +349,13 @@ class AnyText2TextEmbeddingModel(ModelMixin, ConfigMixin):
         """(3, h, w) 0..255 crop of the font hint under each line's position mask (min-area rectangle,
         rectified), or the caller's replacement image for that line."""
         crops = []
-        for b, j in index:
-            override = None
-            if overrides is not None and b < len(overrides) and j < len(overrides[b]):
-                override = overrides[b][j]
-            if override is not None:
-                override = torch.as_tensor(override).float()
+        # The used lines' masks reach the host in one copy: one device sync per call instead of one per line.
+        rows = [i for i, (b, j) in enumerate(index) if not _has_override(overrides, b, j)]
+        on_host = (position[[index[i][0] for i in rows], [index[i][1] for i in rows], 0] > 0.5).cpu().numpy()
+        host_mask = dict(zip(rows, on_host))
+        for i, (b, j) in enumerate(index):
+            if i not in host_mask:  # the caller's image for this line
+                override = torch.as_tensor(overrides[b][j]).float()
                 if override.ndim != 3 or override.shape[0] not in (1, 3):
                     raise ValueError(
                         f"font_crops[{b}][{j}] must be (1 or 3, h, w) in 0..255, got {tuple(override.shape)}"
@@ -362,9 +363,12 @@ class AnyText2TextEmbeddingModel(ModelMixin, ConfigMixin):
                 crops.append(override.expand(3, -1, -1))
                 continue
             image = (font_hint[b].float() * 255.0).expand(3, -1, -1)
-            mask = position[b, j, 0].detach().cpu().numpy() > 0.5
-            crops.append(crop_line_by_mask(image, mask))
+            crops.append(crop_line_by_mask(image, host_mask[i]))
         return crops
+
+
+def _has_override(overrides, b: int, j: int) -> bool:
+    return overrides is not None and b < len(overrides) and j < len(overrides[b]) and overrides[b][j] is not None
 
 
 def recognizer_config_without_characters(recognizer: PPOCRRecognizer) -> dict[str, Any]:
