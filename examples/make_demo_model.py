@@ -1,4 +1,4 @@
-"""Make the embedded demo model: data -> VAE -> AnyText2 (the suite's loop) -> eval -> fp16 export.
+"""Make the embedded demo model: data -> VAE -> UNet -> AnyText2 (the suite's loop) -> eval -> fp16 export.
 
     python examples/make_demo_model.py --work_dir demo-train            # runs/resumes every stage
     python examples/make_demo_model.py --work_dir demo-train --until vae
@@ -19,7 +19,7 @@ import sys
 
 from anytext2_diffusers import demo_model as dm
 
-STAGES = ("data", "vae", "init", "anytext2", "vae_decoder", "eval", "export")
+STAGES = ("data", "vae", "unet", "init", "anytext2", "vae_decoder", "eval", "export")
 
 
 def main(argv=None) -> int:
@@ -35,6 +35,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="data and initialisation seed")
     p.add_argument("--n_train", type=int, default=4000, help="synthetic training images")
     p.add_argument("--vae_steps", type=int, default=6000)
+    p.add_argument("--unet_steps", type=int, default=4000, help="plain-diffusion pretraining steps of the UNet")
+    p.add_argument("--unet_batch_size", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="device of the unet stage (the loop's is Accelerate's choice)")
     p.add_argument("--anytext2_steps", type=int, default=20000)
     p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")
     p.add_argument("--export_dir", default="demo-model", help="fp16 folder written by the export stage")
@@ -69,17 +72,21 @@ def main(argv=None) -> int:
         scored = dm.score_anytext2_checkpoint(args.work_dir, data, args.score_sampler_steps, args.score_limit)
         print(json.dumps(scored, ensure_ascii=False))
         return 0
-    if last >= 1:
+    if last >= STAGES.index("vae"):
         dm.stage_vae(args.work_dir, data, steps=args.vae_steps, seed=args.seed)
-    if last >= 2:
-        init = dm.stage_init(args.work_dir, data, seed=args.seed)
-    if last >= 3:
+    if last >= STAGES.index("unet"):
+        unet = dm.stage_unet(
+            args.work_dir, data, args.unet_steps, args.seed, batch_size=args.unet_batch_size, device=args.device
+        )
+    if last >= STAGES.index("init"):
+        init = dm.stage_init(args.work_dir, data, unet, seed=args.seed)
+    if last >= STAGES.index("anytext2"):
         trained = dm.stage_anytext2(args.work_dir, data, init, steps=args.anytext2_steps)
-    if last >= 4:
+    if last >= STAGES.index("vae_decoder"):
         dm.stage_vae(args.work_dir, data, **decoder)
-    if last >= 5:
+    if last >= STAGES.index("eval"):
         print(json.dumps(dm.stage_eval(args.work_dir, data, trained["pipeline"]), ensure_ascii=False))
-    if last >= 6:
+    if last >= STAGES.index("export"):
         print(json.dumps(dm.stage_export(args.work_dir, trained["pipeline"], args.export_dir), ensure_ascii=False))
     return 0
 

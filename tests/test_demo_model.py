@@ -109,9 +109,24 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     # The originals are readable (the OCR and cropping are wired); one VAE step cannot reconstruct text.
     assert vae["ocr_original"]["lines"] > 0 and vae["ocr_original"]["ned"] > 0.8
     assert vae["ocr_reconstructed"]["lines"] == vae["ocr_original"]["lines"]
-    init = dm.stage_init(work, data)
+    unet = dm.stage_unet(work, data, steps=2, batch_size=2, prediction_type="v_prediction")
+    assert unet["steps"] == 2 and np.isfinite(unet["final_loss"])
+    init = dm.stage_init(work, data, unet)
+    with open(os.path.join(init["pipeline"], "scheduler", "scheduler_config.json")) as f:
+        assert json.load(f)["prediction_type"] == init["prediction_type"] == "v_prediction"  # the loop follows it
     with open(os.path.join(init["pipeline"], "vae", "config.json")) as f:
         assert json.load(f)["scaling_factor"] == init["vae_scaling_factor"] > 0
+    # The AnyText2 model starts from the pretrained UNet, and WriteNet from its encoder (as from SD1.5's).
+    from diffusers import UNet2DConditionModel
+
+    from anytext2_diffusers.models import AnyText2ControlNetModel
+
+    pretrained = UNet2DConditionModel.from_pretrained(unet["unet"]).state_dict()
+    started = UNet2DConditionModel.from_pretrained(init["pipeline"], subfolder="unet").state_dict()
+    assert all(torch.equal(pretrained[n], started[n]) for n in pretrained)
+    writenet = AnyText2ControlNetModel.from_pretrained(init["pipeline"], subfolder="controlnet").state_dict()
+    copied = [n for n in writenet if n.startswith("down_blocks.") and n in pretrained]
+    assert copied and all(torch.equal(writenet[n], pretrained[n]) for n in copied)
     trained = dm.stage_anytext2(
         work,
         data,
@@ -152,7 +167,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
         assert {k: v for k, v in loaded.items() if k != drop} == {k: v for k, v in saved.items() if k != drop}
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in json.load(f)] == [
-            "data", "vae", "init", "anytext2", "vae_decoder", "eval", "export"
+            "data", "vae", "unet", "init", "anytext2", "vae_decoder", "eval", "export"
         ]  # fmt: skip
     from diffusers import AutoencoderKL
 

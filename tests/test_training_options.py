@@ -13,7 +13,14 @@ from diffusers import DDPMScheduler
 
 from anytext2_diffusers.training import preflight
 from anytext2_diffusers.training.config import TrainingConfig, parse_args
-from anytext2_diffusers.training.losses import LossSettings, min_snr_weights, offset_noise, p_losses
+from anytext2_diffusers.training.losses import (
+    LossSettings,
+    min_snr_weights,
+    offset_noise,
+    p_losses,
+    predict_x0,
+    training_target,
+)
 from anytext2_diffusers.training.optim import make_lr_scheduler, make_optimizer
 
 
@@ -184,6 +191,7 @@ def one_step_runs(tmp_path_factory):
         default=dict(checkpointing_steps=2),
         snr=dict(snr_gamma=0.01),
         offset=dict(noise_offset=0.1),
+        vpred=dict(prediction_type="v_prediction"),
         adam8=dict(use_8bit_adam=True, checkpointing_steps=2),
         prompts=dict(
             validation_prompt=['a sign that reads "OPEN"', 'a card with "HI" and "YO"'],
@@ -210,6 +218,41 @@ def test_snr_gamma_and_noise_offset_reach_the_training_step(one_step_runs):
     default = one_step_runs["default"][1]
     assert default["t/sim"] != one_step_runs["snr"][1]["t/sim"]
     assert default["t/sim"] != one_step_runs["offset"][1]["t/sim"]
+
+
+def test_prediction_type_reaches_the_loss_and_the_saved_scheduler(one_step_runs):
+    import json
+
+    assert one_step_runs["default"][1]["t/sim"] != one_step_runs["vpred"][1]["t/sim"]  # same draws, v target
+    saved = {}
+    for name in ("default", "vpred"):
+        with open(os.path.join(one_step_runs[name + "_dir"], "scheduler", "scheduler_config.json")) as f:
+            saved[name] = json.load(f)["prediction_type"]
+    assert saved == {"default": "epsilon", "vpred": "v_prediction"}  # the pipeline samples as it was trained
+
+
+def test_v_target_and_x0_from_v_invert_each_other():
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 500, 999])
+    v = training_target(scheduler, x0, noise, t)
+    torch.testing.assert_close(v, scheduler.get_velocity(x0, noise, t))
+    x_t = scheduler.add_noise(x0, noise, t)
+    torch.testing.assert_close(predict_x0(x_t, t, v, scheduler.alphas_cumprod, "v_prediction"), x0)
+    eps = DDPMScheduler(num_train_timesteps=1000)
+    assert training_target(eps, x0, noise, t) is noise  # the reference's target, untouched
+    with pytest.raises(ValueError, match="'sample'"):
+        training_target(DDPMScheduler(prediction_type="sample"), x0, noise, t)
+
+
+def test_min_snr_weights_for_v_prediction_match_diffusers_examples():
+    from diffusers.training_utils import compute_snr
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    t = torch.tensor([0, 200, 500, 999])
+    snr = compute_snr(scheduler, t)
+    torch.testing.assert_close(min_snr_weights(scheduler, t, 5.0), torch.clamp(snr, max=5.0) / (snr + 1))
 
 
 def _optimizer_state_dtypes(run_dir: str) -> dict:

@@ -6,15 +6,17 @@ Stages, each resumable and skipped once its ``done.json`` exists in the work fol
    strings; ``data.demo_words``) and a held-out set of 50 real words never drawn in training;
 2. ``vae``: a tiny ``AutoencoderKL`` trained on those images (``training.vae``), scored by reading the
    held-out lines of its reconstructions with the suite's OCR evaluation;
-3. ``init``: a fresh AnyText2 pipeline folder: that VAE + the tiny SD1.5-shaped stack + WriteNet/AttnX
-   ``from_unet`` + the text embedding (font branch reading with the glyph recognizer);
-4. ``anytext2``: the suite's own training loop on it (``anytext2_diffusers.training.main``, resumed
+3. ``unet``: the tiny UNet pretrained as plain text-to-image diffusion on that VAE's latents
+   (``training.unet_pretrain``): the "SD1.5" that AnyText2 fine-tunes;
+4. ``init``: a fresh AnyText2 pipeline folder: that VAE + that UNet + WriteNet copied from its encoder,
+   new AttnX and text embedding (font branch reading with the glyph recognizer);
+5. ``anytext2``: the suite's own training loop on it (``anytext2_diffusers.training.main``, resumed
    from its latest checkpoint);
-5. ``vae_decoder``: the VAE's decoder trained further with its encoder frozen, so the latents the
+6. ``vae_decoder``: the VAE's decoder trained further with its encoder frozen, so the latents the
    ``anytext2`` stage learned stay valid (needs only ``vae``: it can run beside ``anytext2``); the
    ``eval`` and ``export`` stages use this decoder;
-6. ``eval``: generate each held-out word at a fixed box and read it back with the OCR evaluation;
-7. ``export``: fp16 safetensors without the PP-OCRv3 recognizer (``demo_pipeline`` converts the one
+7. ``eval``: generate each held-out word at a fixed box and read it back with the OCR evaluation;
+8. ``export``: fp16 safetensors without the PP-OCRv3 recognizer (``demo_pipeline`` converts the one
    rapidocr ships at load time) and a model card with the commands, steps, seeds and wall times.
 
 Every stage appends what it ran to ``recipe.json``, which the model card reproduces.
@@ -36,6 +38,11 @@ RESOLUTION = 128
 # best linear 8 x 8-patch code of 4 channels reads no held-out Latin word; 16 channels read 0.63 of them,
 # docs/demo_model.md). The UNet and WriteNet follow this count (``stage_init``).
 LATENT_CHANNELS = 16
+# What the tiny UNet predicts (the unet stage's scheduler; init saves it with the pipeline, so the loop and the
+# sampler follow it). v, not SD1.5's epsilon: the tiny UNet's epsilon error at high noise, blown up by
+# sqrt((1 - a_t) / a_t) (14x at t = 999), left its samples colour noise; with v the clean-latent error at
+# t >= 800 was 2-13x smaller after half the steps (docs/demo_model.md, "The unet stage").
+PREDICTION_TYPE = "v_prediction"
 # Bound of the loop's OCR neck memo: ~10 KiB each, ~0.5 GB. The training set has ~8.6 k distinct glyph
 # lines (text x font); font-hint crops rarely recur and pass through the LRU, so it keeps ~13 epochs of them
 # (simulated glyph-line hit rate 0.98 by epoch 8 with 30 k, 0.70 with 10 k; docs/demo_model.md).
@@ -207,29 +214,88 @@ def _short(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if k not in ("images", "benchmark")}
 
 
-# --- 3. init -------------------------------------------------------------------------------------
-def stage_init(work: str, data: dict, seed: int = 0) -> dict:
-    """The fresh AnyText2 pipeline folder the loop starts from: the trained VAE (its ``scaling_factor`` set
-    from 256 training images), everything else tiny and new."""
+# --- 3. unet --------------------------------------------------------------------------------------
+def _recipe_vae(work: str, data: dict, seed: int):
+    """The vae stage's VAE with its ``scaling_factor`` set from 256 training images (SD's rule)."""
+    from diffusers import AutoencoderKL
+
+    from .training.vae import latent_scaling_factor, load_images
+
+    vae = AutoencoderKL.from_pretrained(os.path.join(work, "vae", "vae")).eval()
+    scaling = round(latent_scaling_factor(vae, load_images([data["train"]], RESOLUTION, limit=256), seed), 5)
+    vae.register_to_config(scaling_factor=scaling)
+    return vae
+
+
+def stage_unet(
+    work: str,
+    data: dict,
+    steps: int = 4000,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str = "cpu",
+    prediction_type: str = PREDICTION_TYPE,
+) -> dict:
+    """Pretrain the tiny UNet as plain text-to-image diffusion on the VAE's latents (``training.unet_pretrain``):
+    the SD1.5 that AnyText2 fine-tunes, made here. Its text encoder is ``tiny_components(seed)``' (frozen and
+    random), the same one the init stage gives the AnyText2 model."""
+    done = _done(work, "unet")
+    if done:
+        return done
+    from .testing import tiny_components
+    from .training.unet_pretrain import UNetPretrainConfig, pretrain_unet
+
+    vae = _recipe_vae(work, data, seed)
+    parts = dict(tiny_components(seed, latent_channels=vae.config.latent_channels), vae=vae)
+    parts["scheduler"].register_to_config(prediction_type=prediction_type)
+    config = UNetPretrainConfig(
+        output_dir=os.path.join(work, "unet"),
+        train_data=[data["train"]],
+        resolution=RESOLUTION,
+        batch_size=batch_size,
+        max_train_steps=steps,
+        seed=seed,
+        device=device,
+    )
+    result = pretrain_unet(config, parts)
+    with open(os.path.join(config.output_dir, "log.jsonl"), encoding="utf-8") as f:
+        last = json.loads(f.read().splitlines()[-1])
+    record = dict(
+        unet=os.path.join(config.output_dir, "unet"),
+        steps=result["steps"],
+        wall_s=result["wall_s"],
+        final_loss=last["loss"],
+        prediction_type=prediction_type,
+        config={k: v for k, v in vars(config).items() if k != "train_data"},
+    )
+    return _finish(work, "unet", record)
+
+
+# --- 4. init -------------------------------------------------------------------------------------
+def stage_init(work: str, data: dict, unet: dict | None = None, seed: int = 0) -> dict:
+    """The fresh AnyText2 pipeline folder the loop starts from, built as ``--from_sd15`` builds one from SD1.5:
+    the trained VAE, the pretrained UNet of the unet stage (``unet``; None: a random one), WriteNet copied from
+    its encoder, new AttnX and text embedding."""
     done = _done(work, "init")
     if done:
         return done
-    from diffusers import AutoencoderKL
+    from diffusers import UNet2DConditionModel
 
     from .testing import tiny_components
     from .training.components import new_anytext2_parts
     from .training.config import TrainingConfig
     from .training.output import save_pipeline_folder
-    from .training.vae import latent_scaling_factor, load_images
 
     # The font branch reads with the (frozen, pretrained) glyph recognizer instead of a trainable copy:
     # both recognizers then stay the PP-OCRv3 weights rapidocr ships and the model need not carry them.
     config = TrainingConfig(tiny_model=True, seed=seed, train_font_ocr=False)
-    vae = AutoencoderKL.from_pretrained(os.path.join(work, "vae", "vae")).eval()
+    vae = _recipe_vae(work, data, seed)
     # The UNet's in/out and WriteNet's masked-latent channels follow the trained VAE's latent channels.
-    parts = new_anytext2_parts(tiny_components(seed, latent_channels=vae.config.latent_channels), config)
-    scaling = round(latent_scaling_factor(vae, load_images([data["train"]], RESOLUTION, limit=256), seed), 5)
-    vae.register_to_config(scaling_factor=scaling)
+    base = tiny_components(seed, latent_channels=vae.config.latent_channels)
+    if unet is not None:
+        base["unet"] = UNet2DConditionModel.from_pretrained(unet["unet"]).eval()
+        base["scheduler"].register_to_config(prediction_type=unet.get("prediction_type", "epsilon"))
+    parts = new_anytext2_parts(base, config)
     parts["vae"] = vae
     folder = os.path.join(work, "init", "pipeline")
     save_pipeline_folder(parts, folder)
@@ -238,13 +304,15 @@ def stage_init(work: str, data: dict, seed: int = 0) -> dict:
         seed=seed,
         tiny_model=True,
         train_font_ocr=False,
+        pretrained_unet=None if unet is None else unet["unet"],
+        prediction_type=base["scheduler"].config.prediction_type,
         latent_channels=vae.config.latent_channels,
-        vae_scaling_factor=scaling,
+        vae_scaling_factor=vae.config.scaling_factor,
     )
     return _finish(work, "init", record)
 
 
-# --- 4. anytext2 ---------------------------------------------------------------------------------
+# --- 5. anytext2 ---------------------------------------------------------------------------------
 def anytext2_args(work: str, data: dict, steps: int, init: dict) -> list[str]:
     """The command line of the suite's loop for this stage (``anytext2-train`` takes the same)."""
     return [
@@ -306,7 +374,7 @@ def stage_anytext2(work: str, data: dict, init: dict, steps: int = 20000, extra_
     )
 
 
-# --- 5. vae_decoder (stage_vae with stage="vae_decoder") -------------------------------------------
+# --- 6. vae_decoder (stage_vae with stage="vae_decoder") -------------------------------------------
 def use_final_decoder(work: str, pipe) -> str:
     """Put the ``vae_decoder`` stage's VAE (if that stage is done) into ``pipe``; returns which VAE it has.
 
@@ -327,7 +395,7 @@ def use_final_decoder(work: str, pipe) -> str:
     return "vae_decoder"
 
 
-# --- 6. eval -------------------------------------------------------------------------------------
+# --- 7. eval -------------------------------------------------------------------------------------
 def generate_and_score(
     pipe, benchmark_json: str, out_dir: str, steps: int = 20, seed: int = 100, reader=None, limit: int | None = None
 ) -> dict:
@@ -364,7 +432,7 @@ def stage_eval(work: str, data: dict, pipeline_dir: str, steps: int = 20, limit:
     return _finish(work, "eval", record)
 
 
-# --- 7. export ------------------------------------------------------------------------------------
+# --- 8. export ------------------------------------------------------------------------------------
 def model_card(work: str) -> str:
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         recipe = json.load(f)

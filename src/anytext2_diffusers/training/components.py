@@ -155,6 +155,8 @@ def load_components(config) -> dict:
         parts = new_anytext2_parts(_sd15_parts(config), config)
     # Training always samples noise with DDPM's forward process (whatever sampler a pipeline ships).
     parts["scheduler"] = DDPMScheduler.from_config(parts["scheduler"].config)
+    if config.prediction_type:  # as diffusers' training examples: the saved scheduler then samples the same way
+        parts["scheduler"].register_to_config(prediction_type=config.prediction_type)
     for name in (*MODEL_CLASSES, "text_encoder"):
         if parts[name].dtype != torch.float32:
             parts[name] = parts[name].to(torch.float32)

@@ -157,6 +157,13 @@ class TrainingConfig:
         type=float,
     )
     noise_offset: float = _opt(0.0, "Scale of a per-channel constant added to the training noise (0: off).")
+    prediction_type: str | None = _opt(
+        None,
+        "What the UNet predicts: epsilon or v_prediction (default: the base model's scheduler; SD1.5 and "
+        "AnyText2 predict epsilon). Set on the training scheduler and saved with the pipeline.",
+        type=str,
+        choices=["epsilon", "v_prediction"],
+    )
     max_nonfinite_steps: int = _opt(5, "Stop (with a checkpoint) after this many non-finite losses in a row.")
     # --- speed (docs/scaling.md) --------------------------------------------------------------
     cache_latents: bool = _opt(

@@ -226,10 +226,22 @@ def masked_eps_loss(model_output: torch.Tensor, target: torch.Tensor, inv_mask: 
 
 
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, snr_gamma: float) -> torch.Tensor:
-    """(B,) Min-SNR-gamma weights of an epsilon-prediction loss, min(SNR(t), gamma) / SNR(t), as diffusers'
-    training examples compute them (``--snr_gamma``; Hang et al. 2023)."""
+    """(B,) Min-SNR-gamma weights, as diffusers' training examples compute them (``--snr_gamma``; Hang et al.
+    2023): min(SNR(t), gamma) / SNR(t) for an epsilon prediction, min(SNR(t), gamma) / (SNR(t) + 1) for v."""
     snr = compute_snr(noise_scheduler, timesteps).float()
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return torch.clamp(snr, max=snr_gamma) / (snr + 1)
     return torch.clamp(snr, max=snr_gamma) / snr
+
+
+def training_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor):
+    """What the UNet learns to output: the noise (epsilon) or v = sqrt(a_t) noise - sqrt(1 - a_t) x0."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"scheduler prediction_type {kind!r}: the loop trains epsilon or v_prediction")
 
 
 def offset_noise(noise: torch.Tensor, noise_offset: float, draws: torch.Tensor) -> torch.Tensor:
@@ -238,10 +250,18 @@ def offset_noise(noise: torch.Tensor, noise_offset: float, draws: torch.Tensor) 
     return noise + noise_offset * draws.to(noise.device, noise.dtype)[:, :, None, None]
 
 
-def predict_x0(x_noisy: torch.Tensor, timesteps: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor):
-    """x0 from an epsilon prediction: sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps."""
+def predict_x0(
+    x_noisy: torch.Tensor,
+    timesteps: torch.Tensor,
+    model_output: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str = "epsilon",
+):
+    """x0 from the UNet's output: sqrt(1/a_t) x_t - sqrt(1/a_t - 1) eps, or sqrt(a_t) x_t - sqrt(1 - a_t) v."""
     a = alphas_cumprod.to(device=x_noisy.device, dtype=torch.float32)[timesteps].view(-1, 1, 1, 1)
-    return (1.0 / a).sqrt() * x_noisy.float() - (1.0 / a - 1.0).sqrt() * eps.float()
+    if prediction_type == "v_prediction":
+        return a.sqrt() * x_noisy.float() - (1.0 - a).sqrt() * model_output.float()
+    return (1.0 / a).sqrt() * x_noisy.float() - (1.0 / a - 1.0).sqrt() * model_output.float()
 
 
 def decode_for_ocr(pred_x0: torch.Tensor, vae, size: tuple[int, int], use_vae_upsample: bool) -> torch.Tensor:
@@ -289,7 +309,7 @@ def ocr_losses(
 
 def p_losses(
     model_output: torch.Tensor,
-    noise: torch.Tensor,
+    target: torch.Tensor,
     x_noisy: torch.Tensor,
     timesteps: torch.Tensor,
     inv_mask: torch.Tensor,
@@ -299,11 +319,13 @@ def p_losses(
     recognizer=None,
     targets: OCRTargets | None = None,
     simple_weights: torch.Tensor | None = None,
+    prediction_type: str = "epsilon",
 ) -> LossOutput:
-    """The full loss of one batch (see the module docstring); ``vae``, ``recognizer`` and ``targets``
-    are needed only when ``loss_alpha`` or ``loss_beta`` is positive. ``simple_weights`` (B,) multiply the
-    diffusion term only (Min-SNR); None leaves it as the reference computes it."""
-    simple = masked_eps_loss(model_output, noise, inv_mask)
+    """The full loss of one batch (see the module docstring); ``target``: the noise (the reference's
+    epsilon prediction) or v (``training_target``), ``prediction_type`` saying which. ``vae``, ``recognizer``
+    and ``targets`` are needed only when ``loss_alpha`` or ``loss_beta`` is positive. ``simple_weights`` (B,)
+    multiply the diffusion term only (Min-SNR); None leaves it as the reference computes it."""
+    simple = masked_eps_loss(model_output, target, inv_mask)
     if simple_weights is not None:
         simple = simple * simple_weights.to(simple.device, simple.dtype)
     ocr = ctc = torch.zeros_like(simple)
@@ -313,7 +335,7 @@ def p_losses(
             raise ValueError("the OCR losses need the recognizer, the OCR targets and (with use_vae_upsample) the VAE")
         ac = alphas_cumprod.to(device=simple.device, dtype=torch.float32)
         step_weight = ac[timesteps] if settings.with_step_weight else torch.ones_like(simple)
-        pred_x0 = predict_x0(x_noisy, timesteps, model_output, alphas_cumprod)
+        pred_x0 = predict_x0(x_noisy, timesteps, model_output, alphas_cumprod, prediction_type)
         decoded = decode_for_ocr(pred_x0, vae, tuple(targets.images.shape[-2:]), settings.use_vae_upsample)
         ocr, ctc = ocr_losses(recognizer, decoded, targets, settings, step_weight.view(-1))
     loss = (simple + ocr + ctc).mean()

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..models.conditioning import AnyText2CaptionEncoder
 from ..models.ocr.neck_cache import FrozenNeckCache
-from .losses import LossOutput, LossSettings, OCRTargets, min_snr_weights, offset_noise, p_losses
+from .losses import LossOutput, LossSettings, OCRTargets, min_snr_weights, offset_noise, p_losses, training_target
 
 
 def derive_seed(*key: int) -> int:
@@ -102,7 +102,7 @@ class LatentCache:
         if edit_rows:
             parts.append(batch.masked_image_float()[edit_rows])
         if need_blank:
-            parts.append(torch.full((1, *shape), -1.0))
+            parts.append(torch.full((1, *shape), -1.0, device=batch.image.device))  # beside the batch (cuda)
         mean = std = None
         if parts:
             mean, std = encode(torch.cat(parts))
@@ -292,7 +292,7 @@ class AnyText2TrainingModel(nn.Module):
         if self.noise_offset:  # drawn after the timesteps: without the option every draw stays as before
             noise = offset_noise(noise, self.noise_offset, randn(latents.shape[:2], generator, latents.device))
         x_noisy = scheduler.add_noise(latents, noise, timesteps)
-        eps = predict_noise(
+        model_output = predict_noise(  # the noise, or v with a v_prediction scheduler
             self.unet,
             self.controlnet,
             x_noisy,
@@ -307,8 +307,8 @@ class AnyText2TrainingModel(nn.Module):
             control_scales=self.control_scales,
         )
         return p_losses(
-            eps,
-            noise,
+            model_output,
+            training_target(scheduler, latents, noise, timesteps),
             x_noisy,
             timesteps,
             batch.inv_mask,
@@ -318,4 +318,5 @@ class AnyText2TrainingModel(nn.Module):
             recognizer=self.frozen.ocr,
             targets=OCRTargets.from_batch(batch) if self.loss_settings.uses_ocr else None,
             simple_weights=min_snr_weights(scheduler, timesteps, self.snr_gamma) if self.snr_gamma else None,
+            prediction_type=scheduler.config.prediction_type,
         )

@@ -22,9 +22,20 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from .stage_checkpoint import (
+    CHECKPOINT,
+    check_config,
+    first_difference,
+    log_window,
+    plain_config,
+    resume,
+    save,
+    trim_log,
+)
+
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+CONFIG_KEY = "vae_config"  # the model config's key in checkpoint.pt
 
 
 @dataclass
@@ -125,36 +136,9 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, config: VAETrainingConfig, gen
     return dict(loss=total, l1=l1.detach(), edge=edge.detach(), kl=kl.detach())
 
 
-def _save(path: str, vae, optimizer, step: int, wall: float) -> None:
-    tmp = path + ".partial"
-    state = dict(model=vae.state_dict(), optimizer=optimizer.state_dict(), step=step, wall_s=wall)
-    torch.save(dict(state, vae_config=json.dumps(dict(vae.config))), tmp)
-    os.replace(tmp, path)
-
-
 def check_checkpoint_config(path: str, state: dict, vae: AutoencoderKL) -> None:
-    """Refuse a checkpoint written with another architecture setting: a changed ``norm_num_groups`` keeps every
-    weight's shape, so loading would succeed and silently train (or score) a different model."""
-    if "vae_config" not in state:  # written before checkpoints recorded their config
-        logger.warning("%s does not record its VAE config; assuming the current one", path)
-        return
-    saved, current = json.loads(state["vae_config"]), _plain_config(vae)
-    key = _first_difference(saved, current)
-    if key is not None:
-        raise ValueError(f"{path}: field vae_config.{key} is {saved.get(key)!r}, this run's is {current.get(key)!r}")
-
-
-def _plain_config(vae: AutoencoderKL) -> dict:
-    """The model's config as JSON reads it back (tuples as lists)."""
-    return json.loads(json.dumps(dict(vae.config)))
-
-
-def _first_difference(saved: dict, current: dict, ignore: tuple = ()) -> str | None:
-    """The first architecture field (not ``_``-private, not in ``ignore``) on which two configs differ."""
-    for key in sorted(set(saved) | set(current)):
-        if not key.startswith("_") and key not in ignore and saved.get(key) != current.get(key):
-            return key
-    return None
+    """Refuse a VAE checkpoint written with another architecture setting (``stage_checkpoint.check_config``)."""
+    check_config(path, state, vae, CONFIG_KEY)
 
 
 def _encoder_parameters(vae: AutoencoderKL) -> list:
@@ -168,9 +152,9 @@ def _initial_vae(config: VAETrainingConfig) -> AutoencoderKL:
     vae = AutoencoderKL(**vae_config(config))
     if config.init_from:
         trained = AutoencoderKL.from_pretrained(config.init_from)
-        saved, wanted = _plain_config(trained), _plain_config(vae)
+        saved, wanted = plain_config(trained), plain_config(vae)
         wanted = {k: wanted.get(k) for k in saved}  # fields the saved config records
-        key = _first_difference(saved, wanted, ignore=("scaling_factor",))  # init sets the factor later
+        key = first_difference(saved, wanted, ignore=("scaling_factor",))  # init sets the factor later
         if key is not None:
             field = f"{config.init_from}: field config.json {key}"
             raise ValueError(f"{field} is {saved[key]!r}, this run's VAE has {wanted[key]!r}")
@@ -190,21 +174,12 @@ def train_vae(config: VAETrainingConfig, images: torch.Tensor | None = None) -> 
     trainable = [p for p in vae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     ckpt_path = os.path.join(config.output_dir, CHECKPOINT)
-    step, wall = 0, 0.0
-    if os.path.isfile(ckpt_path):
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        check_checkpoint_config(ckpt_path, state, vae)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, wall = int(state["step"]), float(state["wall_s"])
+    step, wall = resume(config.output_dir, vae, optimizer, CONFIG_KEY)
+    if step:
         logger.info("resumed the VAE at step %d", step)
     vae.train()
     log_path = os.path.join(config.output_dir, "log.jsonl")
-    if os.path.isfile(log_path):  # rows written after the checkpoint resumed from are written again
-        with open(log_path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(log_path, "w", encoding="utf-8") as f:
-            f.writelines(kept)
+    trim_log(log_path, step)
     window: list = []
     start = time.perf_counter() - wall
     while step < config.max_train_steps:
@@ -216,14 +191,10 @@ def train_vae(config: VAETrainingConfig, images: torch.Tensor | None = None) -> 
         step += 1
         window.append({k: v.item() for k, v in losses.items()})
         if step % config.logging_steps == 0 or step == config.max_train_steps:
-            row = {k: round(sum(w[k] for w in window) / len(window), 5) for k in window[0]}
-            row.update(step=step, wall_s=round(time.perf_counter() - start, 1))
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            logger.info("vae %s", row)
+            logger.info("vae %s", log_window(log_path, window, step, time.perf_counter() - start))
             window = []
         if step % config.checkpointing_steps == 0 or step == config.max_train_steps:
-            _save(ckpt_path, vae, optimizer, step, time.perf_counter() - start)
+            save(ckpt_path, vae, optimizer, step, time.perf_counter() - start, CONFIG_KEY)
     vae.eval()
     vae.save_pretrained(os.path.join(config.output_dir, "vae"))
     with open(os.path.join(config.output_dir, "vae_training.json"), "w", encoding="utf-8") as f:
