@@ -216,17 +216,18 @@ class Annotator:
                     dropped["too_small"] += 1
                 else:
                     kept.append(box)
-            # The second look needs the detector itself (a stand-in without probability maps skips it).
-            if cfg.det_second_look and kept and hasattr(self.detector, "probability_maps"):
-                looked, replaced = look_again(self.detector, image, np.stack(kept), self.second_look)
-                if replaced and cfg.det_merge_fragments and len(looked) > 1:
-                    looked = merge_line_fragments(looked)  # two pieces of one word may now be the same line
-                kept = list(looked)
             if len(kept) > cfg.max_lines:  # keep the largest lines, in reading order
                 areas = [np.linalg.norm(b[0] - b[1]) * np.linalg.norm(b[0] - b[3]) for b in kept]
                 top = sorted(np.argsort(areas, kind="stable")[::-1][: cfg.max_lines])
                 dropped["max_lines"] += len(kept) - cfg.max_lines
                 kept = [kept[i] for i in top]
+            # After the --max_lines cut, so an image costs at most that many second looks; it needs the
+            # detector itself (a stand-in without probability maps skips it).
+            if cfg.det_second_look and kept and hasattr(self.detector, "probability_maps"):
+                looked, replaced = look_again(self.detector, image, np.stack(kept), self.second_look)
+                if replaced and cfg.det_merge_fragments and len(looked) > 1:
+                    looked = merge_line_fragments(looked)  # two pieces of one word may now be the same line
+                kept = list(looked)
             results.append(ImageAnnotation([], dropped))
             if kept:
                 pixels = image if image.flags.writeable else image.copy()
