@@ -141,6 +141,9 @@ def main():
     ap.add_argument(
         "--det_both_orders", action=argparse.BooleanOptionalAction, default=None, help="max of BGR and RGB maps"
     )
+    ap.add_argument(
+        "--det_second_look", action=argparse.BooleanOptionalAction, default=None, help="second look at steep boxes"
+    )
     ap.add_argument("--rec_margins", type=float, nargs="*", default=None, help="reader margin views (none: box only)")
     ap.add_argument("--runtime_comparison", action="store_true", help="recognizer: onnxruntime vs torch")
     a = ap.parse_args()
@@ -154,6 +157,8 @@ def main():
         overrides["rec_input"] = a.rec_input
     if a.det_both_orders is not None:
         overrides["det_both_orders"] = a.det_both_orders
+    if a.det_second_look is not None:
+        overrides["det_second_look"] = a.det_second_look
     if a.rec_margins is not None:
         overrides["rec_margins"] = tuple(a.rec_margins)
     if a.no_merge_fragments:

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 
 from ..models.ocr import (
+    SecondLookConfig,
     crop_line_by_polygon,
     ctc_greedy_decode_with_scores,
+    look_again,
     merge_line_fragments,
     paddle_resize_norm,
     prepare_crops,
@@ -61,6 +63,10 @@ class AnnotateConfig:
     # Detector test-time ensemble: the pixel-wise maximum of the probability maps for BGR and RGB input
     # (two detector passes); found more lines on the six accuracy sets of docs/own_data.md.
     det_both_orders: bool = True
+    # A second detector look at each steep box (20-70 degrees), its neighbourhood turned horizontal: the
+    # box is replaced by the line found there when that holds it and is at least 1.2x as long
+    # (models.ocr.look_again); it completes steep words whose end letters the first map lost.
+    det_second_look: bool = True
     # Reader test-time ensemble: each box is also read with this much more margin (fractions of its
     # height added on every side, the box itself always read), and the most confident reading is kept;
     # a box edge that clips a letter (`akery` for `bakery`) is read whole from the wider crop. The
@@ -189,6 +195,7 @@ class Annotator:
                 ),
             )
         )
+        self.second_look = SecondLookConfig()
         recognizer = recognizer if recognizer is not None else convert_onnx()
         self.recognizer = recognizer.to(self.config.device).eval()
         if self.recognizer.characters is None:
@@ -214,6 +221,13 @@ class Annotator:
                 top = sorted(np.argsort(areas, kind="stable")[::-1][: cfg.max_lines])
                 dropped["max_lines"] += len(kept) - cfg.max_lines
                 kept = [kept[i] for i in top]
+            # After the --max_lines cut, so an image costs at most that many second looks; it needs the
+            # detector itself (a stand-in without probability maps skips it).
+            if cfg.det_second_look and kept and hasattr(self.detector, "probability_maps"):
+                looked, replaced = look_again(self.detector, image, np.stack(kept), self.second_look)
+                if replaced and cfg.det_merge_fragments and len(looked) > 1:
+                    looked = merge_line_fragments(looked)  # two pieces of one word may now be the same line
+                kept = list(looked)
             results.append(ImageAnnotation([], dropped))
             if kept:
                 pixels = image if image.flags.writeable else image.copy()

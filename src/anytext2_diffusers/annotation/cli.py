@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="detect on the pixel-wise maximum of the text maps for BGR and RGB input (two detector passes)",
     )
+    det.add_argument(
+        "--det_second_look",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="detect again around each steep box (20-70 degrees) turned horizontal; replace it by the longer "
+        "line found there",
+    )
     ap.add_argument(
         "--rec_margins",
         type=float,
@@ -113,6 +120,7 @@ def main(argv=None) -> int:
             rec_bgr=args.channel_order == "bgr",
             rec_input=args.rec_input,
             det_both_orders=args.det_both_orders,
+            det_second_look=args.det_second_look,
             rec_margins=tuple(args.rec_margins),
         )
         run = AnnotateRun(

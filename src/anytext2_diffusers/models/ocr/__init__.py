@@ -40,6 +40,7 @@ from .preprocess import (
     rotate_if_vertical,
     to_chw_tensor,
 )
+from .second_look import SecondLookConfig, horizontal_window, longer_line, look_again, steepness
 from .vocab import (
     BLANK_INDEX,
     build_character_list,
@@ -55,6 +56,7 @@ __all__ = [
     "PPOCRRecognizer",
     "PPOCRRecognizerOutput",
     "RecognitionResult",
+    "SecondLookConfig",
     "build_character_list",
     "convert_onnx",
     "crop_line_by_mask",
@@ -72,6 +74,9 @@ __all__ = [
     "default_onnx_path",
     "load_anytext2_ocr_state_dict",
     "load_character_list",
+    "longer_line",
+    "look_again",
+    "horizontal_window",
     "merge_line_fragments",
     "min_area_box_from_mask",
     "min_area_box_from_polygon",
@@ -86,6 +91,7 @@ __all__ = [
     "resize_norm_crop",
     "rotate_if_vertical",
     "same_line",
+    "steepness",
     "text_to_ids",
     "texts_to_labels",
     "to_chw_tensor",

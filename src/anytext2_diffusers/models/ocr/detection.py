@@ -276,27 +276,38 @@ class PPOCRDetector:
         self.both_orders = both_orders
         self.postprocess = postprocess or DBPostProcessConfig()
 
-    def preprocess(self, image: np.ndarray, bgr: bool | None = None) -> np.ndarray:
-        """RGB uint8 (H, W, 3) -> (3, h, w) float32 network input (BGR unless ``bgr=False``, ImageNet-normalised)."""
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Network input (height, width) for an image of this size (``resize_for_detection`` with our limits)."""
+        return resize_for_detection(height, width, self.limit_side_len, self.limit_type, self.max_side_limit)
+
+    def preprocess(self, image: np.ndarray, bgr: bool | None = None, resize: bool = True) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> (3, h, w) float32 network input (BGR unless ``bgr=False``, ImageNet-normalised);
+        ``resize=False`` feeds the image at its own size (its sides must be multiples of 32)."""
         bgr = self.bgr if bgr is None else bgr
         h, w = image.shape[:2]
-        new_h, new_w = resize_for_detection(h, w, self.limit_side_len, self.limit_type, self.max_side_limit)
-        resized = cv2.resize(image[:, :, ::-1] if bgr else image, (new_w, new_h))
+        channels = image[:, :, ::-1] if bgr else image
+        if resize:
+            new_h, new_w = self.input_size(h, w)
+            resized = cv2.resize(channels, (new_w, new_h))
+        elif h % 32 or w % 32:
+            raise ValueError(f"resize=False needs sides that are multiples of 32, got {h} x {w}")
+        else:
+            resized = np.ascontiguousarray(channels)
         x = (resized.astype(np.float32) / 255.0 - _MEAN) / _STD
         return x.transpose(2, 0, 1)
 
-    def probability_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def probability_maps(self, images: list[np.ndarray], resize: bool = True) -> list[np.ndarray]:
         """One (h, w) text probability map per image; with ``both_orders`` the pixel-wise maximum of the
         maps for BGR and for RGB input (a pixel is text when either order sees it: a line whose colours
-        contrast weakly in one order is kept by the other; two passes)."""
-        maps = self._probability_maps(images, self.bgr)
+        contrast weakly in one order is kept by the other; two passes). ``resize`` as in ``preprocess``."""
+        maps = self._probability_maps(images, self.bgr, resize)
         if self.both_orders:
-            maps = [np.maximum(a, b) for a, b in zip(maps, self._probability_maps(images, not self.bgr))]
+            maps = [np.maximum(a, b) for a, b in zip(maps, self._probability_maps(images, not self.bgr, resize))]
         return maps
 
-    def _probability_maps(self, images: list[np.ndarray], bgr: bool) -> list[np.ndarray]:
+    def _probability_maps(self, images: list[np.ndarray], bgr: bool, resize: bool = True) -> list[np.ndarray]:
         """Maps for one channel order, same-size inputs batched together."""
-        inputs = [self.preprocess(im, bgr) for im in images]
+        inputs = [self.preprocess(im, bgr, resize) for im in images]
         maps: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, x in enumerate(inputs):
