@@ -22,14 +22,14 @@ import time
 import numpy as np
 import torch
 
-from anytext2_diffusers import AnyText2Pipeline
-
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": torch.float32}
 # The demo recipe's speed options: run with fp32 so that the caches are exercised on the device too.
 RECIPE_CACHES = ["--cache_latents", "--cache_ocr_necks", "1000", "--max_train_steps", "60"]
 
 
 def run_mode(mode: str, device: str, root: str) -> dict:
+    from anytext2_diffusers import AnyText2Pipeline
+
     extra = RECIPE_CACHES if mode == "no" else []
     out = os.path.join(root, f"demo-{mode}")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
