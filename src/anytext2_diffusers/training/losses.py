@@ -8,6 +8,9 @@ Per sample i, with eps the UNet output, x_t the noisy latent and t the timestep:
     ctc_i    = loss_beta  * w(t_i) * mean_lines(CTC(logits(decoded), text) / T * lang_w)
     loss     = mean_i(simple_i + ocr_i + ctc_i)
 
+With ``--prediction_type v_prediction`` the UNet output is v and ``noise`` in ``simple_i`` is replaced by
+v = sqrt(a_t) noise - sqrt(1 - a_t) x0 (``training_target``); x0 below is then sqrt(a_t) x_t - sqrt(1 - a_t) v.
+
 ``decoded`` is x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) decoded by the VAE (with gradients) or, with
 ``use_vae_upsample`` off, a grey bilinear upsampling of the latent; lines are cropped by their position
 masks from it and from the original image. ``w(t) = alphas_cumprod[t]`` with ``with_step_weight``, else 1;

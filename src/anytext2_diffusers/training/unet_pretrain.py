@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .losses import training_target
 from .stage_checkpoint import CHECKPOINT, log_window, resume, save, trim_log
 
 logger = logging.getLogger(__name__)
@@ -87,17 +88,13 @@ def encode_captions(text_encoder, tokenizer, captions: list[str], device) -> tup
 
 
 def diffusion_loss(unet, scheduler, latents, context, generator: torch.Generator) -> torch.Tensor:
-    """SD's training loss on scaled latents: noise at a uniform timestep, MSE to the scheduler's target."""
+    """SD's training loss on scaled latents: noise at a uniform timestep, MSE to the scheduler's target (the
+    noise, or v), as the AnyText2 loop's ``training_target`` defines it."""
     n = len(latents)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device)
     timesteps = torch.randint(scheduler.config.num_train_timesteps, (n,), generator=generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    if scheduler.config.prediction_type == "epsilon":
-        target = noise
-    elif scheduler.config.prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise ValueError(f"scheduler prediction_type {scheduler.config.prediction_type!r}: epsilon or v_prediction")
+    target = training_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, target)
 
 
