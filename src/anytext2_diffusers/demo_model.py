@@ -215,14 +215,16 @@ def _short(summary: dict) -> dict:
 
 
 # --- 3. unet --------------------------------------------------------------------------------------
-def _recipe_vae(work: str, data: dict, seed: int):
-    """The vae stage's VAE with its ``scaling_factor`` set from 256 training images (SD's rule)."""
+def _recipe_vae(work: str, data: dict, seed: int, scaling: float | None = None):
+    """The vae stage's VAE with its ``scaling_factor`` set from 256 training images (SD's rule), or to
+    ``scaling`` when an earlier stage already measured it (the factor the UNet was trained with)."""
     from diffusers import AutoencoderKL
 
     from .training.vae import latent_scaling_factor, load_images
 
     vae = AutoencoderKL.from_pretrained(os.path.join(work, "vae", "vae")).eval()
-    scaling = round(latent_scaling_factor(vae, load_images([data["train"]], RESOLUTION, limit=256), seed), 5)
+    if scaling is None:
+        scaling = round(latent_scaling_factor(vae, load_images([data["train"]], RESOLUTION, limit=256), seed), 5)
     vae.register_to_config(scaling_factor=scaling)
     return vae
 
@@ -266,6 +268,7 @@ def stage_unet(
         wall_s=result["wall_s"],
         final_loss=last["loss"],
         prediction_type=prediction_type,
+        vae_scaling_factor=vae.config.scaling_factor,
         config={k: v for k, v in vars(config).items() if k != "train_data"},
     )
     return _finish(work, "unet", record)
@@ -289,7 +292,8 @@ def stage_init(work: str, data: dict, unet: dict | None = None, seed: int = 0) -
     # The font branch reads with the (frozen, pretrained) glyph recognizer instead of a trainable copy:
     # both recognizers then stay the PP-OCRv3 weights rapidocr ships and the model need not carry them.
     config = TrainingConfig(tiny_model=True, seed=seed, train_font_ocr=False)
-    vae = _recipe_vae(work, data, seed)
+    # The factor the unet stage trained with (measured there once), else measured here.
+    vae = _recipe_vae(work, data, seed, None if unet is None else unet.get("vae_scaling_factor"))
     # The UNet's in/out and WriteNet's masked-latent channels follow the trained VAE's latent channels.
     base = tiny_components(seed, latent_channels=vae.config.latent_channels)
     if unet is not None:

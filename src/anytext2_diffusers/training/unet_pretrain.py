@@ -137,7 +137,8 @@ def pretrain_unet(
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         idx = torch.randint(len(images), (config.batch_size,), generator=generator)
         eps = torch.randn((config.batch_size, *mean.shape[1:]), generator=generator).to(device)
-        latents = (mean[idx.to(device)] + std[idx.to(device)] * eps) * scaling
+        pick = idx.to(device)
+        latents = (mean[pick] + std[pick] * eps) * scaling
         rows = caption_row[idx]
         rows[torch.rand(config.batch_size, generator=generator) < config.caption_dropout] = 0  # the empty prompt
         loss = diffusion_loss(unet, scheduler, latents, states[rows.to(device)], generator)
