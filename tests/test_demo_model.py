@@ -212,6 +212,10 @@ def test_init_stage_follows_the_vae_latent_channels_through_unet_and_writenet(tm
     pipe = load_pipeline(init["pipeline"], "no", "cpu")
     assert pipe.unet.config.in_channels == pipe.unet.config.out_channels == 16
     assert pipe.controlnet.config.in_channels == pipe.controlnet.config.masked_latent_channels == 16
+    # As the VAE's: no GroupNorm of the UNet or of WriteNet (its copy) normalises single channels.
+    for model in (pipe.unet, pipe.controlnet):
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+        assert norms and min(m.num_channels // m.num_groups for m in norms) >= 4, type(model).__name__
     latents = quick_generate(pipe, size=64, steps=1)
     assert latents.shape == (1, 16, 8, 8) and torch.isfinite(latents).all()
 

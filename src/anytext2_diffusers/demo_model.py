@@ -43,6 +43,11 @@ LATENT_CHANNELS = 16
 # sqrt((1 - a_t) / a_t) (14x at t = 999), left its samples colour noise; with v the clean-latent error at
 # t >= 800 was 2-13x smaller after half the steps (docs/demo_model.md, "The unet stage").
 PREDICTION_TYPE = "v_prediction"
+# GroupNorm groups of the recipe's UNet (and so of WriteNet, which copies its config). SD1.5's 32 groups are one
+# channel per group on the tiny UNet's 32-channel levels: each channel of each sample normalised on its own, the
+# setting that stalled the first VAE. With 8 the unet stage's loss reached at step 600 what 32 groups reached at
+# step 1200, and its steps were ~20 % faster (docs/demo_model.md, "The unet stage").
+UNET_NORM_GROUPS = 8
 # Bound of the loop's OCR neck memo: ~10 KiB each, ~0.5 GB. The training set has ~8.6 k distinct glyph
 # lines (text x font); font-hint crops rarely recur and pass through the LRU, so it keeps ~13 epochs of them
 # (simulated glyph-line hit rate 0.98 by epoch 8 with 30 k, 0.70 with 10 k; docs/demo_model.md).
@@ -248,7 +253,7 @@ def stage_unet(
     from .training.unet_pretrain import UNetPretrainConfig, pretrain_unet
 
     vae = _recipe_vae(work, data, seed)
-    parts = dict(tiny_components(seed, latent_channels=vae.config.latent_channels), vae=vae)
+    parts = dict(tiny_components(seed, vae.config.latent_channels, UNET_NORM_GROUPS), vae=vae)
     parts["scheduler"].register_to_config(prediction_type=prediction_type)
     config = UNetPretrainConfig(
         output_dir=os.path.join(work, "unet"),
@@ -268,6 +273,7 @@ def stage_unet(
         wall_s=result["wall_s"],
         final_loss=last["loss"],
         prediction_type=prediction_type,
+        norm_num_groups=parts["unet"].config.norm_num_groups,
         vae_scaling_factor=vae.config.scaling_factor,
         config={k: v for k, v in vars(config).items() if k != "train_data"},
     )
@@ -295,7 +301,7 @@ def stage_init(work: str, data: dict, unet: dict | None = None, seed: int = 0) -
     # The factor the unet stage trained with (measured there once), else measured here.
     vae = _recipe_vae(work, data, seed, None if unet is None else unet.get("vae_scaling_factor"))
     # The UNet's in/out and WriteNet's masked-latent channels follow the trained VAE's latent channels.
-    base = tiny_components(seed, latent_channels=vae.config.latent_channels)
+    base = tiny_components(seed, vae.config.latent_channels, UNET_NORM_GROUPS)
     if unet is not None:
         base["unet"] = UNet2DConditionModel.from_pretrained(unet["unet"]).eval()
         base["scheduler"].register_to_config(prediction_type=unet.get("prediction_type", "epsilon"))

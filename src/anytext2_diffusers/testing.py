@@ -20,9 +20,10 @@ TINY_HEADS = 2
 PLACEHOLDER = "*"
 
 
-def tiny_unet_config(latent_channels: int = 4) -> dict:
+def tiny_unet_config(latent_channels: int = 4, norm_num_groups: int = 32) -> dict:
     """SD1.5's UNet block layout (3 cross-attn down blocks + 1 plain, mirrored up, 2 layers each); its in/out
-    channels are the VAE's ``latent_channels``."""
+    channels are the VAE's ``latent_channels``. ``norm_num_groups`` 32 is SD1.5's; on these 32-channel levels it
+    is one channel per group (the demo model's UNet uses 8, ``demo_model.UNET_NORM_GROUPS``)."""
     return dict(
         sample_size=64,
         in_channels=latent_channels,
@@ -33,7 +34,7 @@ def tiny_unet_config(latent_channels: int = 4) -> dict:
         layers_per_block=2,
         attention_head_dim=TINY_HEADS,  # SD1.5 (legacy naming): this is the number of heads
         cross_attention_dim=TINY_CONTEXT_DIM,
-        norm_num_groups=32,
+        norm_num_groups=norm_num_groups,
     )
 
 
@@ -98,14 +99,15 @@ def sd15_scheduler() -> DDPMScheduler:
     )
 
 
-def tiny_components(seed: int = 0, latent_channels: int = 4) -> dict:
+def tiny_components(seed: int = 0, latent_channels: int = 4, unet_norm_groups: int = 32) -> dict:
     """Build ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` offline.
 
     Weights are random but deterministic in ``seed``; everything is float32 on the CPU. ``latent_channels``:
     the VAE's latent channels and the UNet's in/out channels (4 as SD1.5; the demo model may use more).
+    ``unet_norm_groups``: the UNet's GroupNorm groups (``tiny_unet_config``).
     """
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**tiny_unet_config(latent_channels))
+    unet = UNet2DConditionModel(**tiny_unet_config(latent_channels, unet_norm_groups))
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**tiny_vae_config(latent_channels))
     tokenizer = tiny_tokenizer()
