@@ -40,7 +40,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="device of the unet stage (the loop's is Accelerate's choice)")
     p.add_argument("--anytext2_steps", type=int, default=20000)
     p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")
-    p.add_argument("--export_dir", default="demo-model", help="fp16 folder written by the export stage")
+    p.add_argument(
+        "--export_dir",
+        default=None,
+        help="fp16 folder written by the export stage (default: the package's assets/demo_model, "
+        "which testing.demo_pipeline() loads)",
+    )
     p.add_argument(
         "--score_vae",
         nargs="?",

@@ -456,21 +456,49 @@ def model_card(work: str) -> str:
     ]
     for record in recipe:
         lines += [f"## {record['stage']}", "", "```json", json.dumps(record, ensure_ascii=False, indent=1), "```", ""]
-    return "\n".join(lines)
+    # The card ships with the model: the maker's folders are written as the names a reader reproduces them with.
+    from .testing import demo_model_dir
+
+    card = "\n".join(lines).replace(demo_model_dir(), "<package>/assets/demo_model")
+    return card.replace(os.path.abspath(work), "<work_dir>")
 
 
-def stage_export(work: str, pipeline_dir: str, out_dir: str) -> dict:
+def drop_source_paths(folder: str) -> list[str]:
+    """Remove the ``_name_or_path`` entries ``save_pretrained`` copies into every config (the folders the
+    parts were loaded from: paths of the machine that made them, meaningless where the model is shipped).
+    Returns the config files changed."""
+    changed = []
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(root, name)
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            if isinstance(config, dict) and "_name_or_path" in config:
+                del config["_name_or_path"]
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+                changed.append(os.path.relpath(path, folder))
+    return changed
+
+
+def stage_export(work: str, pipeline_dir: str, out_dir: str | None = None) -> dict:
     """fp16 safetensors of the pipeline without its recognizer folder, and the model card.
 
-    ``model_index.json`` still names ``ocr``: load with ``from_pretrained(out_dir, ocr=recognizer)``."""
+    ``out_dir`` None: the package's demo-model folder (``testing.demo_model_dir()``, what ``demo_pipeline``
+    loads). ``model_index.json`` still names ``ocr``: load with ``from_pretrained(out_dir, ocr=recognizer)``."""
     import shutil
 
     from .evaluation.generate import load_pipeline
+    from .testing import demo_model_dir
 
+    out_dir = out_dir or demo_model_dir()
     pipe = load_pipeline(pipeline_dir, "no", "cpu")
     vae = use_final_decoder(work, pipe)
     pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     shutil.rmtree(os.path.join(out_dir, "ocr"))
+    drop_source_paths(out_dir)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs)
     record = _finish(work, "export", dict(out_dir=out_dir, bytes=size, dtype="float16", without="ocr", vae=vae))
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:

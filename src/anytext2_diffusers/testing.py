@@ -1,11 +1,14 @@
-"""Tiny, offline, randomly initialised components with the SD1.5 block structure.
+"""Tiny, offline components with the SD1.5 block structure: random ones, and the trained demo model.
 
 One factory for every test, the demo and users' own CI. The shapes follow the parity pack's tiny
 model (channels 32/32/64/64, 2 heads, context 32) so a single tiny shape serves every check.
+``demo_pipeline()`` loads the trained 128 px demo model shipped as package data (``demo_model_dir()``).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import tempfile
@@ -183,3 +186,50 @@ def quick_generate(pipe, size: int = 64, steps: int = 2, seed: int = 0, output_t
             generator=torch.Generator().manual_seed(seed),
             output_type=output_type,
         ).images
+
+
+# --- the shipped demo model ----------------------------------------------------------------------------
+DEMO_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
+
+
+def demo_model_dir() -> str:
+    """The package-data folder of the trained demo model (``demo_model.stage_export`` writes it): an
+    ``AnyText2Pipeline`` folder in fp16 safetensors without its ``ocr`` component."""
+    return DEMO_MODEL_DIR
+
+
+@functools.lru_cache(maxsize=1)
+def _converted_rapidocr_recognizer():
+    from .models.ocr import convert_onnx
+
+    return convert_onnx().eval()
+
+
+def rapidocr_recognizer():
+    """The PP-OCRv3 recognizer rapidocr-onnxruntime ships, converted once per process (~0.5 s) and handed
+    out as a fresh copy each call (a pipeline may cast or move it). Without rapidocr-onnxruntime: an error
+    with its install command."""
+    return copy.deepcopy(_converted_rapidocr_recognizer())
+
+
+def demo_pipeline(dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """The shipped demo model (trained in-project at 128 px, ``docs/demo_model.md``) as an ``AnyText2Pipeline``
+    in ``dtype`` on ``device``, progress bar off. float32 by default: the weights are fp16 on disk, but CPU
+    fp16 is slow and some CPU ops have no fp16 kernel. The recognizer is rapidocr's, converted
+    (``rapidocr_recognizer``)."""
+    from .pipelines import AnyText2Pipeline
+    from .utils.dtype import cast_model, dtype_kwarg
+
+    folder = demo_model_dir()
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise FileNotFoundError(
+            f"the demo model is missing: {folder} has no model_index.json (the package was installed without its "
+            "data, or the folder was not exported: examples/make_demo_model.py, docs/demo_model.md)"
+        )
+    ocr = cast_model(rapidocr_recognizer(), dtype)
+    pipe = AnyText2Pipeline.from_pretrained(folder, ocr=ocr, **dtype_kwarg(dtype))
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for name in ("unet", "controlnet", "attnx", "text_embedding", "vae", "text_encoder", "ocr"):
+        getattr(pipe, name).eval()
+    return pipe

@@ -1,0 +1,111 @@
+"""The demo model as package data: what ships (size, format, card) and how ``testing.demo_pipeline`` loads it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from anytext2_diffusers import testing
+
+MAX_BYTES = 20 * 1000 * 1000  # issue #20: <= 20 MB in all
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".msgpack", ".h5", ".onnx")
+
+
+def _files(folder):
+    return [os.path.join(root, f) for root, _, files in os.walk(folder) for f in files if "__pycache__" not in root]
+
+
+def test_shipped_folder_is_small_fp16_safetensors_with_a_card_and_no_ocr():
+    from safetensors import safe_open
+
+    folder = testing.demo_model_dir()
+    assert os.path.isfile(os.path.join(folder, "model_index.json")), f"{folder}: no model_index.json"
+    files = _files(folder)
+    total = sum(os.path.getsize(f) for f in files)
+    assert total <= MAX_BYTES, f"{folder}: {total} bytes > {MAX_BYTES}"
+    assert not os.path.exists(os.path.join(folder, "ocr")), f"{folder}/ocr: the recognizer is converted at load time"
+    assert os.path.isfile(os.path.join(folder, "README.md")), f"{folder}: no model card README.md"
+    weights = [f for f in files if f.endswith(WEIGHT_SUFFIXES)]
+    assert weights and all(f.endswith(".safetensors") for f in weights), weights
+    for path in weights:
+        with safe_open(path, "pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+        assert dtypes == {"F16"}, f"{path}: {dtypes}"
+    for name in ("unet", "vae", "controlnet", "attnx", "text_embedding", "text_encoder"):
+        assert any(f.startswith(os.path.join(folder, name, "")) for f in weights), f"{folder}/{name}: no weights"
+
+
+def test_shipped_configs_and_card_carry_no_machine_paths():
+    folder = testing.demo_model_dir()
+    for path in _files(folder):
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            assert not (isinstance(config, dict) and "_name_or_path" in config), f"{path}: _name_or_path"
+    with open(os.path.join(folder, "README.md"), encoding="utf-8") as f:
+        absolute = re.findall(r'"(/[^"]+)"', f.read())  # JSON strings of the recipe that are absolute paths
+    assert not absolute, f"{folder}/README.md: absolute paths of the machine that made it: {absolute[:3]}"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return testing.demo_pipeline()
+
+
+def test_demo_pipeline_is_float32_eval_with_rapidocrs_recognizer(demo):
+    from anytext2_diffusers.pipelines import AnyText2Pipeline
+
+    assert isinstance(demo, AnyText2Pipeline) and demo.attnx.is_attached
+    assert type(demo.scheduler).__name__ == "DDIMScheduler"
+    for name in ("unet", "controlnet", "attnx", "text_embedding", "vae", "text_encoder", "ocr"):
+        model = getattr(demo, name)
+        assert model.dtype == torch.float32 and not model.training, name
+    reference = testing.rapidocr_recognizer().state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in demo.ocr.state_dict().items())
+    assert demo._progress_bar_config.get("disable") is True
+
+
+def test_rapidocr_recognizer_is_converted_once_and_copied():
+    a, b = testing.rapidocr_recognizer(), testing.rapidocr_recognizer()
+    assert a is not b and next(a.parameters()).data_ptr() != next(b.parameters()).data_ptr()
+    assert testing._converted_rapidocr_recognizer.cache_info().misses <= 1
+
+
+def test_demo_pipeline_names_the_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(testing, "DEMO_MODEL_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere.*model_index.json"):
+        testing.demo_pipeline()
+
+
+def test_demo_pipeline_names_the_rapidocr_install_command(monkeypatch):
+    import importlib.util
+
+    from anytext2_diffusers.models.ocr import rapidocr_files
+
+    real = importlib.util.find_spec
+    hide = rapidocr_files.RAPIDOCR_PACKAGE
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == hide else real(name, *a))
+    monkeypatch.setattr(testing, "_converted_rapidocr_recognizer", testing._converted_rapidocr_recognizer.__wrapped__)
+    with pytest.raises(Exception, match=r"pip install --no-deps rapidocr-onnxruntime==1\.2\.3"):
+        testing.demo_pipeline()
+
+
+def test_export_drops_source_paths_and_the_card_names_no_work_folder(tmp_path):
+    from anytext2_diffusers import demo_model as dm
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_name_or_path": "/some/where/unet", "a": 1}))
+    (tmp_path / "tokenizer.json").write_text(json.dumps([1, 2]))
+    assert dm.drop_source_paths(str(tmp_path)) == [os.path.join("unet", "config.json")]
+    assert json.loads((tmp_path / "unet" / "config.json").read_text()) == {"a": 1}
+    assert dm.drop_source_paths(str(tmp_path)) == []
+    work = tmp_path / "work"
+    work.mkdir()
+    recipe = [dict(stage="data", train=str(work / "data" / "train.json"), out=testing.demo_model_dir())]
+    (work / "recipe.json").write_text(json.dumps(recipe))
+    card = dm.model_card(str(work))
+    assert str(tmp_path) not in card and "<work_dir>/data/train.json" in card and "<package>/assets/demo_model" in card
