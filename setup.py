@@ -74,6 +74,7 @@ setup(
     package_dir={"": "src"},
     packages=find_namespace_packages("src", include=["anytext2_diffusers*"]),
     include_package_data=True,
+    # assets/**: the fonts, the OCR class table and the demo model (assets/demo_model: testing.demo_pipeline()).
     package_data={"anytext2_diffusers": ["configs/**/*", "assets/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
