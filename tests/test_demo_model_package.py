@@ -109,3 +109,47 @@ def test_export_drops_source_paths_and_the_card_names_no_work_folder(tmp_path):
     (work / "recipe.json").write_text(json.dumps(recipe))
     card = dm.model_card(str(work))
     assert str(tmp_path) not in card and "<work_dir>/data/train.json" in card and "<package>/assets/demo_model" in card
+
+
+def test_the_loop_fine_tunes_the_shipped_folder_with_rapidocrs_recognizer(tmp_path, caplog, one_thread):
+    """The folder has no ``ocr/``: the loop's component loading converts rapidocr's (and says so); the fp16
+    weights on disk train as float32; the output folder is complete (recognizer included)."""
+    import logging
+
+    from _training_helpers import reset_accelerate
+    from safetensors.torch import load_file
+
+    from anytext2_diffusers.data import make_demo_data
+    from anytext2_diffusers.training import main as train_main
+
+    data = make_demo_data(str(tmp_path / "data"), n=1, seed=0, resolution=128, lines_per_image=(1, 2))
+    out = tmp_path / "out"
+    reset_accelerate()
+    with caplog.at_level(logging.INFO, logger="anytext2_diffusers.training.components"):
+        code = train_main(["--pretrained_model_name_or_path", testing.demo_model_dir(), "--train_data", data,
+                           "--output_dir", str(out), "--resolution", "128", "--train_batch_size", "1",
+                           "--max_train_steps", "1", "--checkpointing_epochs", "0", "--report_to", "none",
+                           "--cache_dir", str(tmp_path / "hf")])  # fmt: skip
+    assert code == 0
+    assert "has no ocr component: using the PP-OCRv3 recognizer of rapidocr-onnxruntime" in caplog.text
+    saved = load_file(str(out / "ocr" / "diffusion_pytorch_model.safetensors"))
+    reference = testing.rapidocr_recognizer().state_dict()
+    assert saved.keys() == reference.keys() and all(torch.equal(saved[k], reference[k]) for k in saved)
+    trained = load_file(str(out / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    shipped = load_file(os.path.join(testing.demo_model_dir(), "controlnet", "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in trained.values()} == {torch.float32}
+    assert any(not torch.equal(trained[k].half(), shipped[k]) for k in shipped)  # one step moved WriteNet
+
+
+def test_ocr_model_name_or_path_wins_over_the_pipelines_and_rapidocrs(tmp_path):
+    from anytext2_diffusers.training.components import _pipeline_ocr
+    from anytext2_diffusers.training.config import TrainingConfig
+
+    own = testing.rapidocr_recognizer()
+    with torch.no_grad():
+        next(own.parameters()).add_(1.0)
+    own.save_pretrained(str(tmp_path / "own_ocr"))
+    chosen = _pipeline_ocr(testing.demo_model_dir(), TrainingConfig(ocr_model_name_or_path=str(tmp_path / "own_ocr")))
+    assert torch.equal(next(chosen.parameters()), next(own.parameters()))
+    default = _pipeline_ocr(testing.demo_model_dir(), TrainingConfig())
+    assert torch.equal(next(default.parameters()), next(testing.rapidocr_recognizer().parameters()))

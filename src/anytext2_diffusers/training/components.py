@@ -7,7 +7,8 @@ Three starting points:
   semantics), the OCR recognizer from ``--ocr_model_name_or_path`` (default: the PP-OCRv3 ONNX shipped
   in rapidocr-onnxruntime, converted offline), and the text embedding's font recognizer is a copy of it;
 * an AnyText2 pipeline folder (its ``model_index.json`` names ``AnyText2Pipeline``): every component
-  is loaded from it, to fine-tune;
+  is loaded from it, to fine-tune; the recognizer from ``--ocr_model_name_or_path`` if given, and a folder
+  shipped without ``ocr/`` (the demo model, ``testing.demo_model_dir()``) gets rapidocr's, converted;
 * ``--tiny_model``: the tiny offline random stack of :mod:`anytext2_diffusers.testing`.
 
 Component names are the pipeline's: vae, text_encoder, tokenizer, unet, controlnet, attnx, scheduler,
@@ -114,13 +115,25 @@ def new_anytext2_parts(sd15: dict, config) -> dict:
     )
 
 
+def _pipeline_ocr(path: str, config) -> PPOCRRecognizer:
+    """The glyph recognizer of a pipeline folder: ``--ocr_model_name_or_path`` if given, else the folder's
+    ``ocr`` component, else (a local folder shipped without it, as the demo model) rapidocr's, converted."""
+    if config.ocr_model_name_or_path:
+        return load_ocr(config.ocr_model_name_or_path)
+    if os.path.isdir(path) and not os.path.isdir(os.path.join(path, "ocr")):
+        logger.info("%s has no ocr component: using the PP-OCRv3 recognizer of rapidocr-onnxruntime", path)
+        return load_ocr(None)
+    return PPOCRRecognizer.from_pretrained(path, subfolder="ocr", revision=config.revision).eval()
+
+
 def _anytext2_parts(path: str, config) -> dict:
     kw = dict(revision=config.revision)
     parts = {
         name: cls.from_pretrained(path, subfolder=name, **kw)
         for name, cls in MODEL_CLASSES.items()
-        if name not in ("unet", "vae")
+        if name not in ("unet", "vae", "ocr")
     }
+    parts["ocr"] = _pipeline_ocr(path, config)
     parts["unet"] = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=config.variant, **kw)
     parts["vae"] = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=config.variant, **kw)
     parts["text_encoder"] = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", variant=config.variant, **kw)

@@ -32,7 +32,8 @@ class TrainingConfig:
     ocr_model_name_or_path: str | None = _opt(
         None,
         "PP-OCRv3 recognizer saved with save_pretrained; default: convert the ONNX model shipped in "
-        "rapidocr-onnxruntime (offline). Ignored when fine-tuning an AnyText2 pipeline (it has its own).",
+        "rapidocr-onnxruntime (offline). Also replaces an AnyText2 pipeline's own ocr component (a pipeline "
+        "folder without one gets the rapidocr default).",
         type=str,
     )
     revision: str | None = _opt(None, "Hub revision of the pretrained model.", type=str)
