@@ -123,9 +123,16 @@ def test_demo_folder_name_is_the_demo_presets():
     assert model.DEMO_OUTPUT_DIR == DEMO_PRESET["output_dir"]
 
 
-def test_default_model_is_the_demo_output_when_present(tmp_path, monkeypatch):
+def test_default_model_is_the_demo_output_when_present_else_the_shipped_demo_model(tmp_path, monkeypatch):
+    from anytext2_diffusers.demo_model import LATENT_CHANNELS, PREDICTION_TYPE
+    from anytext2_diffusers.testing import demo_model_dir
+
     monkeypatch.chdir(tmp_path)
     assert model.default_model_source() is None
+    pipe, source = model.load_pipeline(None)
+    assert demo_model_dir() in source and model.default_size(pipe) == 128
+    # the shipped model, not the random tiny stack (4 latent channels, epsilon)
+    assert pipe.unet.config.in_channels == LATENT_CHANNELS and pipe.scheduler.config.prediction_type == PREDICTION_TYPE
     tiny_pipeline(0).save_pretrained(tmp_path / model.DEMO_OUTPUT_DIR)
     assert model.default_model_source() == model.DEMO_OUTPUT_DIR
     pipe, source = model.load_pipeline(None)

@@ -17,7 +17,7 @@ class AppConfig:
     pretrained_model_name_or_path: str | None = option(
         None,
         "AnyText2 pipeline folder or Hub id; default: ./anytext2-demo (the README's demo output) if it exists,"
-        " else the tiny random pipeline (starts offline, draws noise).",
+        " else the demo model shipped with the package (tiny, 128 px, offline).",
         type=str,
     )
     device: str = option("cpu", "torch device, e.g. cpu or cuda.")

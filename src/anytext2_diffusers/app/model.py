@@ -16,21 +16,22 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def default_model_source() -> str | None:
-    """The demo's output folder when it exists in the working directory, else None (the tiny random pipeline)."""
+    """The demo's output folder when it exists in the working directory, else None (the shipped demo model)."""
     return DEMO_OUTPUT_DIR if os.path.isfile(os.path.join(DEMO_OUTPUT_DIR, "model_index.json")) else None
 
 
 def default_pipeline():
-    """The model opened without ``--pretrained_model_name_or_path``: the demo output if present, else
-    ``testing.tiny_pipeline()`` (random tiny weights: the app starts offline on any machine)."""
+    """The model opened without ``--pretrained_model_name_or_path``: the README demo's output (a fine-tune of
+    the shipped demo model) if present, else the shipped demo model itself (``testing.demo_pipeline()``:
+    package data, so the app starts offline on any machine and writes text)."""
     source = default_model_source()
     if source is not None:
         from ..pipelines import AnyText2Pipeline
 
         return AnyText2Pipeline.from_pretrained(source), source
-    from ..testing import tiny_pipeline
+    from ..testing import demo_model_dir, demo_pipeline
 
-    return tiny_pipeline(), "tiny random pipeline (anytext2_diffusers.testing.tiny_pipeline)"
+    return demo_pipeline(), f"shipped demo model ({demo_model_dir()})"
 
 
 def load_pipeline(pretrained_model_name_or_path: str | None = None, device: str = "cpu", dtype: str = "fp32"):
@@ -55,8 +56,8 @@ def load_pipeline(pretrained_model_name_or_path: str | None = None, device: str 
 
 
 def default_size(pipe) -> int:
-    """Default canvas side: 512 (SD1.5) for real models; the training resolution of the demo (128) for the tiny
-    stack, whose random or briefly trained weights make large images slow and no better."""
+    """Default canvas side: 512 (SD1.5) for real models; 128 for the tiny stack (the shipped demo model and the
+    README demo's fine-tune of it were trained at 128 px, and random tiny weights draw no better larger)."""
     from ..testing import TINY_CHANNELS
 
     return 128 if tuple(pipe.unet.config.block_out_channels) == TINY_CHANNELS else 512
