@@ -151,6 +151,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     out = str(tmp_path / "export")
     exported = dm.stage_export(work, trained["pipeline"], out)
     assert not os.path.exists(os.path.join(out, "ocr")) and exported["bytes"] < 20e6
+    assert dm.drop_source_paths(out) == []  # the export left no maker's path in a config
     from safetensors.torch import load_file
 
     from anytext2_diffusers.pipelines import AnyText2Pipeline

@@ -76,7 +76,7 @@ def test_rapidocr_recognizer_is_converted_once_and_copied():
 
 
 def test_demo_pipeline_names_the_missing_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(testing, "DEMO_MODEL_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(testing, "demo_model_dir", lambda: str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="nowhere.*model_index.json"):
         testing.demo_pipeline()
 
@@ -153,3 +153,31 @@ def test_ocr_model_name_or_path_wins_over_the_pipelines_and_rapidocrs(tmp_path):
     assert torch.equal(next(chosen.parameters()), next(own.parameters()))
     default = _pipeline_ocr(testing.demo_model_dir(), TrainingConfig())
     assert torch.equal(next(default.parameters()), next(testing.rapidocr_recognizer().parameters()))
+
+
+def test_demo_synthesises_the_demo_models_kind_of_data(tmp_path):
+    """--demo's data: the recipe's generator (training_pools words, up to 3 lines, 128 px images); its
+    validation images hold held-out words only."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from anytext2_diffusers.data.demo_words import HELDOUT_WORDS, training_pools
+    from anytext2_diffusers.training.config import parse_args
+    from anytext2_diffusers.training.loop import _prepare_demo
+
+    config = parse_args(["--demo", "--output_dir", str(tmp_path / "demo"), "--demo_samples", "4"])
+    _prepare_demo(config, SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None))
+    latin, chinese, _ = training_pools(config.seed)
+    pools = set(latin) | set(chinese)
+    for path, allowed, n in ((config.train_data[0], pools, 4), (config.validation_data[0], set(HELDOUT_WORDS), 2)):
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)["data_list"]
+        assert len(records) == n
+        root = os.path.join(os.path.dirname(path), "imgs")
+        assert any(record["annotations"] for record in records)
+        for record in records:
+            with Image.open(os.path.join(root, record["img_name"])) as im:
+                assert im.size == (128, 128)
+            texts = [a["text"] for a in record["annotations"]]
+            assert len(texts) <= 3 and set(texts) <= allowed, (path, texts)  # 1-3 drawn; one may not fit

@@ -151,11 +151,12 @@ def test_fine_tune_from_original_evaluate_and_push(annotated, tmp_path, capsys):
 
 
 def test_demo_trains_on_annotated_images(annotated, tmp_path):
-    """Must-show 2: the demo (fresh tiny SD1.5-shaped stack) on the annotated JSON instead of synthetic data."""
+    """Must-show 2: the demo (here on a fresh tiny SD1.5-shaped stack) on the annotated JSON instead of synthetic
+    data."""
     from anytext2_diffusers.training import main as train_main
 
     out = tmp_path / "demo"
-    code = train_main(["--demo", "--train_data", annotated["train"], "--output_dir", str(out),
+    code = train_main(["--demo", "--tiny_model", "--train_data", annotated["train"], "--output_dir", str(out),
                        "--max_train_steps", "2", "--validation_steps", "2", "--checkpointing_steps", "2",
                        "--cache_dir", str(tmp_path / "hf")])  # fmt: skip
     assert code == 0

@@ -269,10 +269,14 @@ def test_bad_yaml_key_and_values(tmp_path):
 
 
 def test_demo_preset_under_yaml_and_cli(tmp_path):
+    from anytext2_diffusers.utils.assets import demo_model_dir
+
     c = parse_args(["--demo", "--max_train_steps", "7"])
-    assert c.tiny_model and c.max_train_steps == 7 and c.resolution == DEMO_PRESET["resolution"]
+    assert c.max_train_steps == 7 and c.resolution == DEMO_PRESET["resolution"]
+    # the demo fine-tunes the shipped demo model (not random tiny weights) with AnyText2's frozen UNet
+    assert not c.tiny_model and c.pretrained_model_name_or_path == demo_model_dir() and c.sd_locked
     path = tmp_path / "d.yaml"
-    path.write_text("demo: true\nresolution: 64\n")
+    path.write_text("demo: true\nresolution: 64\ntiny_model: true\n")
     c = parse_args(["--config", str(path)])
     assert c.tiny_model and c.resolution == 64
 

@@ -107,22 +107,12 @@ def stage_data(work: str, n_train: int = 4000, n_heldout: int = 100, seed: int =
     done = _done(work, "data")
     if done:
         return done
-    from .data.demo_words import HELDOUT_CHINESE, HELDOUT_LATIN, training_pools
-    from .data.synth import make_demo_data
+    from .data.demo_words import make_word_data
 
     start = time.perf_counter()
     root = os.path.join(work, "data")
-    train = make_demo_data(
-        os.path.join(root, "train"), n_train, seed, RESOLUTION, lines_per_image=(1, 3), pools=training_pools(seed)
-    )
-    heldout = make_demo_data(
-        os.path.join(root, "heldout_images"),
-        n_heldout,
-        seed + 1,
-        RESOLUTION,
-        lines_per_image=(1, 2),
-        pools=(HELDOUT_LATIN, HELDOUT_CHINESE, ()),
-    )
+    train = make_word_data(os.path.join(root, "train"), n_train, seed, RESOLUTION)
+    heldout = make_word_data(os.path.join(root, "heldout_images"), n_heldout, seed + 1, RESOLUTION, heldout=True)
     bench = heldout_benchmark(os.path.join(root, "heldout_words.json"))
     return _finish(
         work,

@@ -17,6 +17,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .utils.assets import demo_model_dir
+
 TINY_CHANNELS = (32, 32, 64, 64)
 TINY_CONTEXT_DIM = 32
 TINY_HEADS = 2
@@ -189,15 +191,6 @@ def quick_generate(pipe, size: int = 64, steps: int = 2, seed: int = 0, output_t
 
 
 # --- the shipped demo model ----------------------------------------------------------------------------
-DEMO_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_model")
-
-
-def demo_model_dir() -> str:
-    """The package-data folder of the trained demo model (``demo_model.stage_export`` writes it): an
-    ``AnyText2Pipeline`` folder in fp16 safetensors without its ``ocr`` component."""
-    return DEMO_MODEL_DIR
-
-
 @functools.lru_cache(maxsize=1)
 def _converted_rapidocr_recognizer():
     from .models.ocr import convert_onnx

@@ -57,3 +57,15 @@ def training_pools(seed: int, n_latin: int = 20000, n_chinese: int = 5000) -> tu
     """(latin, chinese, traditional) pools for ``synth.make_demo_data(pools=...)``; no traditional words."""
     rng = np.random.default_rng(seed)
     return random_latin_words(rng, n_latin), random_chinese_words(rng, n_chinese), ()
+
+
+def make_word_data(out_dir: str, n: int, seed: int, resolution: int, heldout: bool = False) -> str:
+    """The demo model's synthetic AnyWord data (its recipe's data stage, and ``--demo``): 1-3 lines per image
+    drawn from ``training_pools(seed)``; ``heldout``: 1-2 lines of the held-out words. Returns the JSON path."""
+    from .synth import make_demo_data
+
+    if heldout:
+        return make_demo_data(
+            out_dir, n, seed, resolution, lines_per_image=(1, 2), pools=(HELDOUT_LATIN, HELDOUT_CHINESE, ())
+        )
+    return make_demo_data(out_dir, n, seed, resolution, lines_per_image=(1, 3), pools=training_pools(seed))
