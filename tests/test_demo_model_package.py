@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -109,6 +110,12 @@ def test_export_drops_source_paths_and_the_card_names_no_work_folder(tmp_path):
     (work / "recipe.json").write_text(json.dumps(recipe))
     card = dm.model_card(str(work))
     assert str(tmp_path) not in card and "<work_dir>/data/train.json" in card and "<package>/assets/demo_model" in card
+    # a run fine-tuned from the exported folder (--demo) takes the card's licence: the code's, not SD1.5's
+    from anytext2_diffusers.training.hub import CODE_LICENSE, card_license
+
+    (tmp_path / "README.md").write_text(card, encoding="utf-8")
+    config = SimpleNamespace(model_card_license=None, tiny_model=False, pretrained_model_name_or_path=str(tmp_path))
+    assert card_license(config) == CODE_LICENSE
 
 
 def test_the_loop_fine_tunes_the_shipped_folder_with_rapidocrs_recognizer(tmp_path, caplog, one_thread):
@@ -158,8 +165,6 @@ def test_ocr_model_name_or_path_wins_over_the_pipelines_and_rapidocrs(tmp_path):
 def test_demo_synthesises_the_demo_models_kind_of_data(tmp_path):
     """--demo's data: the recipe's generator (training_pools words, up to 3 lines, 128 px images); its
     validation images hold held-out words only."""
-    from types import SimpleNamespace
-
     from PIL import Image
 
     from anytext2_diffusers.data.demo_words import HELDOUT_WORDS, training_pools

@@ -437,6 +437,17 @@ def model_card(work: str) -> str:
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         recipe = json.load(f)
     lines = [
+        # Hub metadata: trained from scratch here (no SD1.5 weights), so the weights carry the code's licence, and
+        # runs fine-tuned from them (``--demo``) read it from this card (``training.hub.card_license``).
+        "---",
+        "library_name: diffusers",
+        "license: apache-2.0",
+        "pipeline_tag: text-to-image",
+        "tags:",
+        "- anytext2",
+        "- visual-text-generation",
+        "---",
+        "",
         "# AnyText2 demo model (tiny, 128 px)",
         "",
         "Trained from scratch by anytext2-diffusers' `examples/make_demo_model.py` on synthetic AnyWord-format",

@@ -221,7 +221,8 @@ def demo_pipeline(dtype: torch.dtype = torch.float32, device: str = "cpu"):
         )
     ocr = cast_model(rapidocr_recognizer(), dtype)
     pipe = AnyText2Pipeline.from_pretrained(folder, ocr=ocr, **dtype_kwarg(dtype))
-    pipe = pipe.to(device)
+    if torch.device(device).type != "cpu":  # loaded on the CPU (moving fp16 "to" it only warns)
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for name in ("unet", "controlnet", "attnx", "text_embedding", "vae", "text_encoder", "ocr"):
         getattr(pipe, name).eval()
