@@ -82,6 +82,20 @@ def test_demo_pipeline_names_the_missing_folder(tmp_path, monkeypatch):
         testing.demo_pipeline()
 
 
+def test_demo_pipeline_names_missing_or_unfetched_weights(tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "demo_model"
+    shutil.copytree(testing.demo_model_dir(), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    monkeypatch.setattr(testing, "demo_model_dir", lambda: str(folder))
+    with pytest.raises(FileNotFoundError, match=r"demo_model lacks its weights: unet/diffusion_pytorch_model"):
+        testing.demo_pipeline()
+    for rel in testing.DEMO_WEIGHT_FILES.values():
+        (folder / rel).write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
+    with pytest.raises(FileNotFoundError, match=r"unet/diffusion_pytorch_model.safetensors is a Git LFS pointer"):
+        testing.demo_pipeline()
+
+
 def test_demo_pipeline_names_the_rapidocr_install_command(monkeypatch):
     import importlib.util
 

@@ -205,6 +205,28 @@ def rapidocr_recognizer():
     return copy.deepcopy(_converted_rapidocr_recognizer())
 
 
+_DEMO_DIFFUSERS_PARTS = ("unet", "vae", "controlnet", "attnx", "text_embedding")
+DEMO_WEIGHT_FILES = {name: f"{name}/diffusion_pytorch_model.safetensors" for name in _DEMO_DIFFUSERS_PARTS}
+DEMO_WEIGHT_FILES["text_encoder"] = "text_encoder/model.safetensors"
+
+
+def check_demo_model_files(folder: str) -> None:
+    """FileNotFoundError naming ``folder`` and what is missing, before diffusers' loader fails on it: the package
+    installed without its data, a folder never exported, or weights left as Git LFS pointers (not fetched)."""
+    hint = "(export it: examples/make_demo_model.py, docs/demo_model.md)"
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise FileNotFoundError(f"the demo model is missing: {folder} has no model_index.json {hint}")
+    missing = [rel for rel in DEMO_WEIGHT_FILES.values() if not os.path.isfile(os.path.join(folder, rel))]
+    if missing:
+        raise FileNotFoundError(f"the demo model in {folder} lacks its weights: {', '.join(missing)} {hint}")
+    for rel in DEMO_WEIGHT_FILES.values():
+        with open(os.path.join(folder, rel), "rb") as f:
+            if f.read(24).startswith(b"version https://git-lfs"):
+                raise FileNotFoundError(
+                    f"{os.path.join(folder, rel)} is a Git LFS pointer, not the weights (git lfs pull)"
+                )
+
+
 def demo_pipeline(dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """The shipped demo model (trained in-project at 128 px, ``docs/demo_model.md``) as an ``AnyText2Pipeline``
     in ``dtype`` on ``device``, progress bar off. float32 by default: the weights are fp16 on disk, but CPU
@@ -214,11 +236,7 @@ def demo_pipeline(dtype: torch.dtype = torch.float32, device: str = "cpu"):
     from .utils.dtype import cast_model, dtype_kwarg
 
     folder = demo_model_dir()
-    if not os.path.isfile(os.path.join(folder, "model_index.json")):
-        raise FileNotFoundError(
-            f"the demo model is missing: {folder} has no model_index.json (the package was installed without its "
-            "data, or the folder was not exported: examples/make_demo_model.py, docs/demo_model.md)"
-        )
+    check_demo_model_files(folder)
     ocr = cast_model(rapidocr_recognizer(), dtype)
     pipe = AnyText2Pipeline.from_pretrained(folder, ocr=ocr, **dtype_kwarg(dtype))
     if torch.device(device).type != "cpu":  # loaded on the CPU (moving fp16 "to" it only warns)
