@@ -13,11 +13,13 @@ import json
 import pytest
 import torch
 
+from anytext2_diffusers import demo_model
+
 # One place to tune once the shipped model is final: words, box, sampler steps, CFG, seed.
 WORDS = ("lemon", "CAFE")  # held-out words (data.demo_words.HELDOUT_LATIN): a 5-letter and a 4-letter one
-RESOLUTION = 128
-# demo_model.HELDOUT_BOX on the evaluation's 512 px canvas: x 8..120, y 40..88 at 128 px.
-BOX_512 = ((32, 160), (480, 160), (480, 352), (32, 352))
+RESOLUTION = demo_model.RESOLUTION  # 128
+# The eval stage's box on the evaluation's 512 px canvas: x 8..120, y 40..88 at 128 px.
+BOX_512 = demo_model.HELDOUT_BOX
 CAPTION = "a sign with the words *"
 STEPS = 20
 GUIDANCE = 7.5
@@ -42,7 +44,6 @@ def _benchmark(tmp_path) -> str:
 
 def generate_and_read(pipe, tmp_path, name: str) -> list[tuple[str, str, float, float]]:
     """(word, reading, Sen.ACC, NED) per word, through the evaluation's generate and OCR code."""
-    from anytext2_diffusers.demo_model import ocr_reader
     from anytext2_diffusers.evaluation.generate import GenerateConfig, generate_benchmark
     from anytext2_diffusers.evaluation.ocr_eval import evaluate_ocr
 
@@ -54,27 +55,19 @@ def generate_and_read(pipe, tmp_path, name: str) -> list[tuple[str, str, float, 
     )  # fmt: skip
     with torch.no_grad():
         generate_benchmark(pipe, config)
-    _, scores = evaluate_ocr(out, bench, ocr_reader(), num_samples=1)
+    _, scores = evaluate_ocr(out, bench, demo_model.ocr_reader(), num_samples=1)
     by_image = {line.image: line for line in scores.lines}
     lines = [by_image[f"word_{i}_0.jpg"] for i in range(len(WORDS))]
     return [(line.gt, line.pred, line.sen_acc, line.ned) for line in lines]
 
 
-def test_box_is_the_eval_stage_box():
-    from anytext2_diffusers.demo_model import HELDOUT_BOX
-    from anytext2_diffusers.demo_model import RESOLUTION as MODEL_RESOLUTION
-
-    assert BOX_512 == HELDOUT_BOX and RESOLUTION == MODEL_RESOLUTION
-
-
 @pytest.mark.timeout(300)
 def test_demo_model_writes_and_writenet_is_why(tmp_path, one_thread):
-    from anytext2_diffusers.demo_model import zero_writenet_outputs
     from anytext2_diffusers.testing import demo_pipeline
 
     read = generate_and_read(demo_pipeline(), tmp_path, "model")
     control_pipe = demo_pipeline()
-    zero_writenet_outputs(control_pipe.controlnet)
+    demo_model.zero_writenet_outputs(control_pipe.controlnet)
     control = generate_and_read(control_pipe, tmp_path, "no_writenet")
     report = f"with WriteNet: {read}; WriteNet zeroed: {control}"
     print(report)
