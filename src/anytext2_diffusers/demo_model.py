@@ -132,9 +132,11 @@ def stage_data(work: str, n_train: int = 4000, n_heldout: int = 100, seed: int =
 
 # --- 2. vae -------------------------------------------------------------------------------------
 def ocr_reader():
-    from .evaluation.ocr_eval import PPOCRReader, load_ppocr
+    """The evaluation's PP-OCRv3 reader on rapidocr's recognizer (converted once per process)."""
+    from .evaluation.ocr_eval import PPOCRReader
+    from .testing import rapidocr_recognizer
 
-    return PPOCRReader(load_ppocr())
+    return PPOCRReader(rapidocr_recognizer())
 
 
 def score_images(images, benchmark_json: str, out_dir: str, reader=None) -> dict:
