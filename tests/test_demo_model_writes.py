@@ -45,7 +45,6 @@ def _benchmark(tmp_path) -> str:
 def generate_and_read(pipe, tmp_path, name: str) -> list[tuple[str, str, float, float]]:
     """(word, reading, Sen.ACC, NED) per word, through the evaluation's generate and OCR code."""
     from anytext2_diffusers.evaluation.generate import GenerateConfig, generate_benchmark
-    from anytext2_diffusers.evaluation.ocr_eval import evaluate_ocr
 
     bench = _benchmark(tmp_path)
     out = tmp_path / name
@@ -55,10 +54,38 @@ def generate_and_read(pipe, tmp_path, name: str) -> list[tuple[str, str, float, 
     )  # fmt: skip
     with torch.no_grad():
         generate_benchmark(pipe, config)
+    return read_back(out, bench)
+
+
+def read_back(out, bench: str) -> list[tuple[str, str, float, float]]:
+    from anytext2_diffusers.evaluation.ocr_eval import evaluate_ocr
+
     _, scores = evaluate_ocr(out, bench, demo_model.ocr_reader(), num_samples=1)
     by_image = {line.image: line for line in scores.lines}
     lines = [by_image[f"word_{i}_0.jpg"] for i in range(len(WORDS))]
     return [(line.gt, line.pred, line.sen_acc, line.ned) for line in lines]
+
+
+def test_the_words_read_exactly_when_drawn_as_the_glyph_condition_draws_them(tmp_path):
+    """The positive assertion is reachable: each word, drawn into the box as WriteNet's glyph input draws it
+    (``render_glyph_in_polygon``), reads back exactly. (Text narrower than the box can read with a trailing
+    space, which the evaluation, as the reference's, does not strip.)"""
+    import numpy as np
+    from PIL import Image
+
+    from anytext2_diffusers.data.fonts import BUNDLED_FONT_DIR
+    from anytext2_diffusers.data.render import render_glyph_in_polygon
+
+    bench = _benchmark(tmp_path)
+    polygon = np.array(BOX_512, np.float64) * RESOLUTION / 512
+    for i, word in enumerate(WORDS):
+        glyphs = np.zeros((RESOLUTION, RESOLUTION), bool)
+        render_glyph_in_polygon(glyphs, str(BUNDLED_FONT_DIR / "DejaVuSans.ttf"), word, polygon)
+        image = np.full((RESOLUTION, RESOLUTION, 3), (40, 120, 200), np.uint8)
+        image[glyphs] = (250, 250, 250)
+        Image.fromarray(image).save(tmp_path / f"word_{i}_0.jpg", quality=95)
+    read = read_back(tmp_path, bench)
+    assert all(acc == 1.0 for _, _, acc, _ in read), read
 
 
 @pytest.mark.timeout(300)
