@@ -19,7 +19,7 @@ import sys
 
 from anytext2_diffusers import demo_model as dm
 
-STAGES = ("data", "vae", "unet", "init", "anytext2", "vae_decoder", "eval", "export")
+STAGES = dm.STAGES
 
 
 def main(argv=None) -> int:

@@ -120,10 +120,15 @@ def test_export_drops_source_paths_and_the_card_names_no_work_folder(tmp_path):
     assert dm.drop_source_paths(str(tmp_path)) == []
     work = tmp_path / "work"
     work.mkdir()
-    recipe = [dict(stage="data", train=str(work / "data" / "train.json"), out=testing.demo_model_dir())]
+    earlier = tmp_path / "earlier-work"  # a stage run in another work folder and copied in
+    recipe = [
+        dict(stage="data", train=str(work / "data" / "train.json"), out=testing.demo_model_dir()),
+        dict(stage="vae", init_from=str(earlier / "vae" / "vae"), steps=3),
+    ]
     (work / "recipe.json").write_text(json.dumps(recipe))
     card = dm.model_card(str(work))
     assert str(tmp_path) not in card and "<work_dir>/data/train.json" in card and "<package>/assets/demo_model" in card
+    assert '"<work_dir>/vae/vae"' in card
     # a run fine-tuned from the exported folder (--demo) takes the card's licence: the code's, not SD1.5's
     from anytext2_diffusers.training.hub import CODE_LICENSE, card_license
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 
 import torch
@@ -454,7 +455,8 @@ def model_card(work: str) -> str:
         "",
         "Trained from scratch by anytext2-diffusers' `examples/make_demo_model.py` on synthetic AnyWord-format",
         "data; the PP-OCRv3 recognizer is not included (`demo_pipeline()` converts the one rapidocr-onnxruntime",
-        "ships). Stages, as run (commands, steps, seeds, wall times):",
+        "ships). Stages, as run (commands, steps, seeds, wall times; paths relative to the recipe's work folder,",
+        "where some stages may have run in an earlier folder of the same layout and been copied in):",
         "",
     ]
     for record in recipe:
@@ -463,7 +465,18 @@ def model_card(work: str) -> str:
     from .testing import demo_model_dir
 
     card = "\n".join(lines).replace(demo_model_dir(), "<package>/assets/demo_model")
-    return card.replace(os.path.abspath(work), "<work_dir>")
+    return portable_paths(card.replace(os.path.abspath(work), "<work_dir>"))
+
+
+# The recipe's stage folders, in order (``examples/make_demo_model.py --until`` takes these names).
+STAGES = ("data", "vae", "unet", "init", "anytext2", "vae_decoder", "eval", "export")
+_STAGE_PATH = re.compile(r'"/[^"]*?/(' + "|".join(STAGES) + r')((?:/[^"]*)?)"')
+
+
+def portable_paths(text: str) -> str:
+    """Absolute paths into a stage folder of *another* work folder (a stage finished in an earlier work folder
+    and copied in, as every folder has the same layout) written as ``<work_dir>/<stage>/...``."""
+    return _STAGE_PATH.sub(lambda m: f'"<work_dir>/{m.group(1)}{m.group(2)}"', text)
 
 
 def drop_source_paths(folder: str) -> list[str]:
