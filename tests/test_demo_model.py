@@ -240,3 +240,27 @@ def test_vae_pixel_loss_is_mse_by_default_and_l1_on_request():
     assert not torch.allclose(mse["loss"], l1["loss"])
     with pytest.raises(ValueError, match="pixel_loss must be 'mse' or 'l1', got 'l2'"):
         vae_loss(vae, x, dataclasses.replace(config, pixel_loss="l2"), torch.Generator().manual_seed(5))
+
+
+def test_glyph_dependence_is_zero_for_a_fresh_writenet_and_sees_its_residuals(tmp_path):
+    # A fresh WriteNet's output convs are zero: with or without its residuals the prediction is the same, so the
+    # probe must report equal errors; once those convs are non-zero the in-line errors must differ.
+    from _training_helpers import make_data, save_small_recognizer, tiny_config
+
+    from anytext2_diffusers.training.components import load_components
+
+    data = make_data(str(tmp_path / "data"), 4, seed=1)
+    config = tiny_config(
+        str(tmp_path / "out"), data, save_small_recognizer(str(tmp_path / "ocr")), validation_data=[data]
+    )
+    parts = load_components(config)
+    fresh = dm.glyph_dependence(parts, config, batches=1, timesteps=(500,))[500]
+    assert fresh["text_on"] == fresh["text_off"] and fresh["rest_on"] == fresh["rest_off"]
+    assert all(v > 0 for v in fresh.values())
+    with torch.no_grad():
+        for module in (*parts["controlnet"].controlnet_down_blocks, parts["controlnet"].controlnet_mid_block):
+            for p in module.parameters():
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    changed = dm.glyph_dependence(parts, config, batches=1, timesteps=(500,))[500]
+    assert changed["text_on"] != changed["text_off"]
+    assert changed["text_off"] == fresh["text_off"]  # without the residuals nothing else changed
