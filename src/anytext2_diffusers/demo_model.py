@@ -34,6 +34,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# The recipe's stage folders, in order (``examples/make_demo_model.py --until`` takes these names).
+STAGES = ("data", "vae", "unet", "init", "anytext2", "vae_decoder", "eval", "export")
 RESOLUTION = 128
 # The recipe VAE's latent channels: at 128 px a 4-channel latent (SD's) cannot carry the letters (even the
 # best linear 8 x 8-patch code of 4 channels reads no held-out Latin word; 16 channels read 0.63 of them,
@@ -468,8 +470,6 @@ def model_card(work: str) -> str:
     return portable_paths(card.replace(os.path.abspath(work), "<work_dir>"))
 
 
-# The recipe's stage folders, in order (``examples/make_demo_model.py --until`` takes these names).
-STAGES = ("data", "vae", "unet", "init", "anytext2", "vae_decoder", "eval", "export")
 _STAGE_PATH = re.compile(r'"/[^"]*?/(' + "|".join(STAGES) + r')((?:/[^"]*)?)"')
 
 
