@@ -1,4 +1,4 @@
-"""Make the embedded demo model: data -> VAE -> UNet -> AnyText2 (the suite's loop) -> eval -> fp16 export.
+"""Make the embedded demo model: data -> VAE -> UNet -> AnyText2 (the suite's loop) -> focus -> eval -> fp16 export.
 
     python examples/make_demo_model.py --work_dir demo-train            # runs/resumes every stage
     python examples/make_demo_model.py --work_dir demo-train --until vae
@@ -6,6 +6,7 @@
     python examples/make_demo_model.py --work_dir demo-train --score_vae  # OCR of the latest VAE checkpoint
     python examples/make_demo_model.py --work_dir demo-train --score_vae vae_decoder
     python examples/make_demo_model.py --work_dir demo-train --score_anytext2  # held-out words, latest loop checkpoint
+    python examples/make_demo_model.py --work_dir demo-train --score_anytext2 focus  # ... of the focus stage
 
 Each stage is skipped once done and resumes from its checkpoints when interrupted, so the recipe can be
 run again (in another session) until it finishes; ``recipe.json`` in the work folder records what ran
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--unet_batch_size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="device of the unet stage (the loop's is Accelerate's choice)")
     p.add_argument("--anytext2_steps", type=int, default=20000)
+    p.add_argument("--focus_steps", type=int, default=6000, help="loop steps on the clean-style images")
     p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")
     p.add_argument(
         "--export_dir",
@@ -55,8 +57,11 @@ def main(argv=None) -> int:
     )
     p.add_argument(
         "--score_anytext2",
-        action="store_true",
-        help="only generate and read the held-out words with the latest AnyText2 loop checkpoint, then exit",
+        nargs="?",
+        const="anytext2",
+        choices=("anytext2", "focus"),
+        help="only generate and read the held-out words with the latest checkpoint of that loop stage "
+        "(default anytext2), then exit",
     )
     p.add_argument("--score_limit", type=int, default=None, help="first N held-out words for --score_anytext2")
     p.add_argument("--score_sampler_steps", type=int, default=20, help="DDIM steps for --score_anytext2")
@@ -74,7 +79,9 @@ def main(argv=None) -> int:
         print(json.dumps({k: v for k, v in record.items() if k != "config"}, ensure_ascii=False))
         return 0
     if args.score_anytext2:
-        scored = dm.score_anytext2_checkpoint(args.work_dir, data, args.score_sampler_steps, args.score_limit)
+        scored = dm.score_anytext2_checkpoint(
+            args.work_dir, data, args.score_sampler_steps, args.score_limit, stage=args.score_anytext2
+        )
         print(json.dumps(scored, ensure_ascii=False))
         return 0
     if last >= STAGES.index("vae"):
@@ -87,6 +94,10 @@ def main(argv=None) -> int:
         init = dm.stage_init(args.work_dir, data, unet, seed=args.seed)
     if last >= STAGES.index("anytext2"):
         trained = dm.stage_anytext2(args.work_dir, data, init, steps=args.anytext2_steps)
+    if last >= STAGES.index("focus_data"):
+        focus_data = dm.stage_focus_data(args.work_dir, n_train=args.n_train, seed=args.seed + 2)
+    if last >= STAGES.index("focus"):
+        trained = dm.stage_focus(args.work_dir, data, focus_data, trained, steps=args.focus_steps)
     if last >= STAGES.index("vae_decoder"):
         dm.stage_vae(args.work_dir, data, **decoder)
     if last >= STAGES.index("eval"):

@@ -27,6 +27,34 @@ def test_training_pools_exclude_the_heldout_words_and_synth_draws_only_from_them
     assert texts and set(texts) <= set(latin[:5]) | set(chinese[:5])
 
 
+def test_clean_style_draws_horizontal_valid_contrasting_lines_and_varied_is_unchanged(tmp_path):
+    from PIL import Image
+
+    from anytext2_diffusers.data.synth import CLEAN_CONTRAST, _luminance
+
+    path = make_demo_data(str(tmp_path / "clean"), n=12, seed=5, resolution=128, lines_per_image=(1, 3), style="clean")
+    with open(path, encoding="utf-8") as f:
+        records = json.load(f)["data_list"]
+    lines = [a for r in records for a in r["annotations"]]
+    assert len(lines) >= 12 and all(a["valid"] for a in lines)
+    for record in records:
+        image = np.asarray(Image.open(tmp_path / "clean" / "imgs" / record["img_name"]).convert("RGB"), dtype=float)
+        for a in record["annotations"]:
+            xs, ys = {p[0] for p in a["polygon"]}, {p[1] for p in a["polygon"]}
+            assert len(xs) == len(ys) == 2  # an axis-aligned box: horizontal, unrotated
+            # The box's corner pixels are background (the line's 4 px padding); their luminance is at
+            # least CLEAN_CONTRAST (80) from the text colour's; 20 of it is left for JPEG artefacts.
+            for x, y in ((min(xs) + 1, min(ys) + 1), (max(xs) - 2, max(ys) - 2)):
+                assert abs(_luminance(image[y, x]) - _luminance(a["color"])) >= CLEAN_CONTRAST - 20, (record, a)
+    # The default style draws the records it always drew (the recipe's data stage stays reproducible).
+    varied = make_demo_data(str(tmp_path / "v1"), n=6, seed=5, resolution=128, lines_per_image=(1, 3))
+    default = make_demo_data(str(tmp_path / "v2"), n=6, seed=5, resolution=128, lines_per_image=(1, 3), style="varied")
+    with open(varied, encoding="utf-8") as f, open(default, encoding="utf-8") as g:
+        assert json.load(f)["data_list"] == json.load(g)["data_list"]
+    with pytest.raises(ValueError, match="style"):
+        make_demo_data(str(tmp_path / "bad"), n=1, style="fancy")
+
+
 def test_recipe_vae_normalises_groups_of_channels_not_single_channels():
     # A GroupNorm with one channel per group normalises each channel of each crop on its own, which strips the
     # crop's colour and contrast (the first run's reconstructions were grey); the recipe keeps >= 4 per group.
@@ -141,6 +169,24 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     # The held-out-word images are the loop's validation set: a grid of them is written (at the end here).
     assert f"--validation_data {data['heldout_images']}" in trained["command"]
     assert os.path.isfile(os.path.join(trained["pipeline"], "validation", "step-000001.png"))
+    # The focus stage runs the same loop on from that pipeline, on the clean-style images.
+    focus_data = dm.stage_focus_data(work, n_train=4)
+    focused = dm.stage_focus(
+        work,
+        data,
+        focus_data,
+        trained,
+        steps=1,
+        extra_args=["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
+        + ["--checkpointing_steps", "1"],
+    )
+    assert f"--pretrained_model_name_or_path {trained['pipeline']}" in focused["command"]
+    assert f"--train_data {focus_data['train']}" in focused["command"] and "--no-sd_locked" in focused["command"]
+    assert focused["pipeline"] == os.path.join(work, "focus") != trained["pipeline"]
+    with open(focus_data["train"], encoding="utf-8") as f:
+        assert all(a["valid"] for r in json.load(f)["data_list"] for a in r["annotations"])
+    assert dm.score_anytext2_checkpoint(work, data, steps=2, limit=1, stage="focus")["checkpoint"] == "checkpoint-1"
+    trained = focused
     decoder = dm.stage_vae(work, data, steps=1, stage="vae_decoder")
     assert decoder["config"]["train_encoder"] is False and decoder["seed"] == 1
     scored = dm.stage_eval(work, data, trained["pipeline"], steps=2, limit=2)
@@ -168,7 +214,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
         assert {k: v for k, v in loaded.items() if k != drop} == {k: v for k, v in saved.items() if k != drop}
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in json.load(f)] == [
-            "data", "vae", "unet", "init", "anytext2", "vae_decoder", "eval", "export"
+            "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "vae_decoder", "eval", "export"
         ]  # fmt: skip
     from diffusers import AutoencoderKL
 

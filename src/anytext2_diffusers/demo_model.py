@@ -35,7 +35,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 # The recipe's stage folders, in order (``examples/make_demo_model.py --until`` takes these names).
-STAGES = ("data", "vae", "unet", "init", "anytext2", "vae_decoder", "eval", "export")
+STAGES = ("data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "vae_decoder", "eval", "export")
 RESOLUTION = 128
 # The recipe VAE's latent channels: at 128 px a 4-channel latent (SD's) cannot carry the letters (even the
 # best linear 8 x 8-patch code of 4 channels reads no held-out Latin word; 16 channels read 0.63 of them,
@@ -318,14 +318,15 @@ def stage_init(work: str, data: dict, unet: dict | None = None, seed: int = 0) -
 
 
 # --- 5. anytext2 ---------------------------------------------------------------------------------
-def anytext2_args(work: str, data: dict, steps: int, init: dict) -> list[str]:
-    """The command line of the suite's loop for this stage (``anytext2-train`` takes the same)."""
+def anytext2_args(work: str, data: dict, steps: int, init: dict, stage: str = "anytext2") -> list[str]:
+    """The command line of the suite's loop for this stage (``anytext2-train`` takes the same); ``stage``
+    names the output folder."""
     return [
         "--pretrained_model_name_or_path", init["pipeline"],
         "--train_data", data["train"],
         # The held-out-word images: the loop's validation grids (every 500 steps) show them being written.
         "--validation_data", data["heldout_images"],
-        "--output_dir", os.path.join(work, "anytext2"),
+        "--output_dir", os.path.join(work, stage),
         "--resolution", str(RESOLUTION),
         "--max_lines", "3",
         "--no-sd_locked",
@@ -357,19 +358,24 @@ def stage_anytext2(work: str, data: dict, init: dict, steps: int = 20000, extra_
     done = _done(work, "anytext2")
     if done:
         return done
+    args = anytext2_args(work, data, steps, init) + list(extra_args)
+    return _run_loop_stage(work, "anytext2", args, steps)
+
+
+def _run_loop_stage(work: str, stage: str, args: list[str], steps: int) -> dict:
+    """Run (or resume) the suite's loop with ``args``; the stage is done when its output folder is complete."""
     from .training import main as train_main
 
-    args = anytext2_args(work, data, steps, init) + list(extra_args)
     start = time.perf_counter()
     code = train_main(args)
     if code != 0:
-        raise RuntimeError(f"the AnyText2 training stage exited with {code}; resume by running the recipe again")
-    out = os.path.join(work, "anytext2")
+        raise RuntimeError(f"the {stage} training stage exited with {code}; resume by running the recipe again")
+    out = os.path.join(work, stage)
     if not os.path.isfile(os.path.join(out, "model_index.json")):  # interrupted (SIGTERM): a checkpoint was saved
-        raise SystemExit("the AnyText2 stage was interrupted; run the recipe again to resume from its checkpoint")
+        raise SystemExit(f"the {stage} stage was interrupted; run the recipe again to resume from its checkpoint")
     return _finish(
         work,
-        "anytext2",
+        stage,
         dict(
             command="anytext2-train " + " ".join(args),
             steps=steps,
@@ -377,6 +383,37 @@ def stage_anytext2(work: str, data: dict, init: dict, steps: int = 20000, extra_
             pipeline=out,
         ),
     )
+
+
+# --- 5b. focus_data + focus -----------------------------------------------------------------------
+def stage_focus_data(work: str, n_train: int = 4000, seed: int = 2) -> dict:
+    """Clean-style training images (``synth.make_demo_data(style="clean")``: plain gradients, horizontal
+    lines in a contrasting colour, all valid, 1-3 per image) from the training pools of ``seed``."""
+    done = _done(work, "focus_data")
+    if done:
+        return done
+    from .data.demo_words import training_pools
+    from .data.synth import make_demo_data
+
+    start = time.perf_counter()
+    train = make_demo_data(
+        os.path.join(work, "focus_data", "train"), n_train, seed, RESOLUTION, lines_per_image=(1, 3),
+        pools=training_pools(seed), style="clean",
+    )  # fmt: skip
+    record = dict(train=train, n_train=n_train, seed=seed, style="clean", wall_s=round(time.perf_counter() - start, 1))
+    return _finish(work, "focus_data", record)
+
+
+def stage_focus(work: str, data: dict, focus_data: dict, trained: dict, steps: int = 6000, extra_args=()) -> dict:
+    """The loop run on from the anytext2 stage's pipeline (``trained``) on the clean-style images, with the
+    anytext2 stage's options (a fresh optimizer): letters are most of what is left to predict there, so the
+    glyph conditioning gets the gradient (docs/demo_model.md, "The focus stage")."""
+    done = _done(work, "focus")
+    if done:
+        return done
+    args = anytext2_args(work, data, steps, {"pipeline": trained["pipeline"]}, stage="focus")
+    args[args.index("--train_data") + 1] = focus_data["train"]
+    return _run_loop_stage(work, "focus", args + list(extra_args), steps)
 
 
 # --- 6. vae_decoder (stage_vae with stage="vae_decoder") -------------------------------------------
@@ -595,22 +632,25 @@ def checkpoint_components(ckpt: str) -> dict:
     }
 
 
-def latest_anytext2_checkpoint(work: str) -> str:
+def latest_anytext2_checkpoint(work: str, stage: str = "anytext2") -> str:
+    """The newest complete loop checkpoint of a loop stage (``anytext2`` or ``focus``)."""
     from .training.checkpointing import latest_checkpoint
 
-    ckpt = latest_checkpoint(os.path.join(work, "anytext2"))
+    ckpt = latest_checkpoint(os.path.join(work, stage))
     if ckpt is None:
-        raise FileNotFoundError(f"no complete checkpoint in {os.path.join(work, 'anytext2')}")
+        raise FileNotFoundError(f"no complete checkpoint in {os.path.join(work, stage)}")
     return ckpt
 
 
-def score_anytext2_checkpoint(work: str, data: dict, steps: int = 20, limit: int | None = None) -> dict:
-    """The held-out words generated by the AnyText2 stage's latest loop checkpoint, read back (to follow a
-    running stage): the init pipeline with every component the checkpoint holds (``save_pretrained``
-    folders) swapped in."""
+def score_anytext2_checkpoint(
+    work: str, data: dict, steps: int = 20, limit: int | None = None, stage: str = "anytext2"
+) -> dict:
+    """The held-out words generated by a loop stage's latest checkpoint, read back (to follow a running
+    stage): the init pipeline with every component the checkpoint holds (``save_pretrained`` folders)
+    swapped in."""
     from .evaluation.generate import load_pipeline
 
-    ckpt = latest_anytext2_checkpoint(work)
+    ckpt = latest_anytext2_checkpoint(work, stage)
     pipe = load_pipeline(_done(work, "init")["pipeline"], "no", "cpu")
     swapped = checkpoint_components(ckpt)
     if "attnx" in swapped and pipe.attnx.is_attached:
@@ -618,7 +658,7 @@ def score_anytext2_checkpoint(work: str, data: dict, steps: int = 20, limit: int
     pipe.register_modules(**swapped)
     pipe.attach_attnx()
     vae = use_final_decoder(work, pipe)
-    out = os.path.join(work, "anytext2", "eval_" + os.path.basename(ckpt))
+    out = os.path.join(work, stage, "eval_" + os.path.basename(ckpt))
     summary = generate_and_score(pipe, data["heldout_words"], out, steps, limit=limit)
     return dict(checkpoint=os.path.basename(ckpt), components=list(swapped), vae=vae, sampler_steps=steps, ocr=summary)
 

@@ -54,13 +54,22 @@ CHINESE_WORDS = (
 TRADITIONAL_WORDS = ("歡迎", "書店", "開業", "圖書館", "音樂")
 LATIN_FONTS = ("NotoSans-Regular.ttf", "NotoSerif-Regular.ttf", "DejaVuSans.ttf")
 CJK_FONTS = ("NotoSansSC-Subset.otf", "WenQuanYiMicroHei-Subset.ttf")
+STYLES = ("varied", "clean")
+MIN_FIT_SIZE = 16  # px: two latent pixels at the VAE's factor 8
+CLEAN_CONTRAST = 80.0  # luminance (of 255) between a clean line's colour and its background
 SCENES = ("a shop sign", "a poster", "a street banner", "a book cover", "a wall painting", "a label")
 
 
-def _background(rng, size):
-    c0, c1 = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+def _background(rng, size, textured=True):
+    """A vertical two-colour gradient and its end colours; ``textured``: plus pixel noise, 2-5 random
+    shapes and a blur."""
+    c0 = rng.integers(0, 256, 3)
+    # A plain background is a gentle gradient (each channel within 48 of c0): room for a contrasting text colour.
+    c1 = rng.integers(0, 256, 3) if textured else np.clip(c0 + rng.integers(-48, 49, 3), 0, 255)
     t = np.linspace(0, 1, size)[:, None, None]
     img = (c0 * (1 - t) + c1 * t).repeat(size, axis=1)
+    if not textured:
+        return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), (c0, c1)
     img = img + rng.normal(0, 8, img.shape)
     im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
@@ -69,16 +78,40 @@ def _background(rng, size):
         w, h = rng.integers(20, size // 2, 2)
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
         (d.ellipse if rng.random() < 0.5 else d.rectangle)([int(x), int(y), int(x + w), int(y + h)], fill=col)
-    return im.filter(ImageFilter.GaussianBlur(1.5))
+    return im.filter(ImageFilter.GaussianBlur(1.5)), (c0, c1)
 
 
-def _draw_line(im, rng, text, font_path, color, vertical, occupied, size, angle=None):
+def _luminance(rgb):
+    return 0.299 * float(rgb[0]) + 0.587 * float(rgb[1]) + 0.114 * float(rgb[2])
+
+
+def _contrasting_color(rng, ends, min_difference=CLEAN_CONTRAST):
+    """A random colour whose luminance is at least ``min_difference`` (of 255) away from every point of
+    the gradient between ``ends``; a draw too close is blended toward black or white (the side with more
+    room) until it is, as far as the gradient leaves room."""
+    color = rng.integers(0, 256, 3).astype(float)
+    lo, hi = sorted(_luminance(e) for e in ends)
+    y = _luminance(color)
+    if y <= lo - min_difference or y >= hi + min_difference:
+        return [int(v) for v in color]
+    target, goal = (0.0, max(0.0, lo - min_difference)) if lo >= 255 - hi else (255.0, min(255.0, hi + min_difference))
+    a = (goal - y) / (target - y) if target != y else 0.0
+    return [int(round(v + a * (target - v))) for v in color]
+
+
+def _draw_line(im, rng, text, font_path, color, vertical, occupied, size, angle=None, fit=False):
     """Draw one line somewhere free; returns its polygon (int corners) or None if no room.
 
     ``angle`` (degrees, counter-clockwise) defaults to a random draw: 0 for vertical lines and 40 % of
-    the others, else uniform in [-35, 35]."""
+    the others, else uniform in [-35, 35]. ``fit``: a horizontal line too wide for the image is drawn
+    smaller (down to ``MIN_FIT_SIZE`` px) instead of being dropped."""
     fs = int(rng.integers(24, 56))
     font = load_font(font_path, fs)
+    if fit and not vertical:
+        width = font.getbbox(text)[2] - font.getbbox(text)[0] + 8
+        if width > size - 6:
+            fs = max(MIN_FIT_SIZE, int(fs * (size - 6) / width))
+            font = load_font(font_path, fs)
     if vertical:
         boxes = [font.getbbox(c) for c in text]
         tw = max(b[2] for b in boxes) + 4
@@ -120,10 +153,16 @@ def _draw_line(im, rng, text, font_path, color, vertical, occupied, size, angle=
     return corners
 
 
-def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0, pools=None):
-    """``pools``: optional (latin, chinese, traditional) word pools replacing the built-in ones."""
+def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0, pools=None, style="varied"):
+    """``pools``: optional (latin, chinese, traditional) word pools replacing the built-in ones. ``style``
+    (``STYLES``): "varied" draws textured backgrounds, rotated and vertical lines, colours at random and
+    15 % of lines marked invalid; "clean" draws plain gradients and horizontal, valid lines in a colour
+    that stands out from the background, shrinking a line that is too wide (text to learn letters from)."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    clean = style == "clean"
     latin_words, chinese_words, traditional_words = pools or (LATIN_WORDS, CHINESE_WORDS, TRADITIONAL_WORDS)
-    im = _background(rng, size)
+    im, ends = _background(rng, size, textured=not clean)
     occupied, anns, words = [], [], []
     n = int(rng.integers(min_text_lines, max_text_lines + 1)) if rng.random() < 0.9 or min_text_lines else 0
     for _ in range(n):
@@ -136,13 +175,14 @@ def make_record(rng, size, img_name, out_dir, max_text_lines=7, min_text_lines=0
             pool = traditional_words if rng.random() < 0.2 and traditional_words else chinese_words
             text, lang = pool[int(rng.integers(len(pool)))], "Chinese"
             font = CJK_FONTS[int(rng.integers(len(CJK_FONTS)))]
-            vertical = rng.random() < 0.35
-        color = [int(v) for v in rng.integers(0, 256, 3)]
-        poly = _draw_line(im, rng, text, str(BUNDLED_FONT_DIR / font), color, vertical, occupied, size)
+            vertical = rng.random() < 0.35 and not clean
+        color = _contrasting_color(rng, ends) if clean else [int(v) for v in rng.integers(0, 256, 3)]
+        angle = 0.0 if clean else None
+        poly = _draw_line(im, rng, text, str(BUNDLED_FONT_DIR / font), color, vertical, occupied, size, angle, clean)
         if poly is None:
             continue
         ann = {"polygon": poly, "text": text, "language": lang, "color": color}
-        if rng.random() < 0.15:
+        if not clean and rng.random() < 0.15:
             ann["valid"] = False  # e.g. an unreadable line in real data
         else:
             ann["valid"] = True
@@ -203,19 +243,21 @@ def make_demo_data(
     json_name: str = "data_v1.2b.json",
     lines_per_image: tuple = (0, 7),
     pools: tuple | None = None,
+    style: str = "varied",
 ) -> str:
     """Write ``n`` images and an AnyWord-format annotation JSON into ``out_dir``; return the JSON path.
 
     ``lines_per_image`` (min, max) text lines drawn per image (some may not fit). With ``with_faults`` a
     few broken records (missing/corrupt image, bad polygons, empty text, unknown language, missing
     caption/colour, '*' in a caption) are appended. ``pools``: (latin, chinese, traditional) pools
-    replacing the built-in word lists (an empty traditional pool draws from the Chinese one).
+    replacing the built-in word lists (an empty traditional pool draws from the Chinese one). ``style``:
+    see ``make_record``.
     """
     img_dir = os.path.join(out_dir, "imgs")
     os.makedirs(img_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     lo, hi = lines_per_image
-    data = [make_record(rng, resolution, f"{i:06d}.jpg", img_dir, hi, lo, pools) for i in range(n)]
+    data = [make_record(rng, resolution, f"{i:06d}.jpg", img_dir, hi, lo, pools, style) for i in range(n)]
     if with_faults:
         data += _fault_records(img_dir, resolution)
     path = os.path.join(out_dir, json_name)
@@ -242,7 +284,7 @@ def make_rotated_line_data(
     rng = np.random.default_rng(seed)
     data = []
     for i in range(n):
-        im = _background(rng, resolution)
+        im, _ = _background(rng, resolution)
         occupied, anns = [], []
         for _ in range(lines_per_image):
             vertical = rng.random() < vertical_prob
