@@ -392,14 +392,10 @@ def stage_focus_data(work: str, n_train: int = 4000, seed: int = 2) -> dict:
     done = _done(work, "focus_data")
     if done:
         return done
-    from .data.demo_words import training_pools
-    from .data.synth import make_demo_data
+    from .data.demo_words import make_word_data
 
     start = time.perf_counter()
-    train = make_demo_data(
-        os.path.join(work, "focus_data", "train"), n_train, seed, RESOLUTION, lines_per_image=(1, 3),
-        pools=training_pools(seed), style="clean",
-    )  # fmt: skip
+    train = make_word_data(os.path.join(work, "focus_data", "train"), n_train, seed, RESOLUTION, style="clean")
     record = dict(train=train, n_train=n_train, seed=seed, style="clean", wall_s=round(time.perf_counter() - start, 1))
     return _finish(work, "focus_data", record)
 

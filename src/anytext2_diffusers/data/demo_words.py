@@ -59,13 +59,16 @@ def training_pools(seed: int, n_latin: int = 20000, n_chinese: int = 5000) -> tu
     return random_latin_words(rng, n_latin), random_chinese_words(rng, n_chinese), ()
 
 
-def make_word_data(out_dir: str, n: int, seed: int, resolution: int, heldout: bool = False) -> str:
-    """The demo model's synthetic AnyWord data (its recipe's data stage, and ``--demo``): 1-3 lines per image
-    drawn from ``training_pools(seed)``; ``heldout``: 1-2 lines of the held-out words. Returns the JSON path."""
+def make_word_data(
+    out_dir: str, n: int, seed: int, resolution: int, heldout: bool = False, style: str = "varied"
+) -> str:
+    """The demo model's synthetic AnyWord data (its recipe's data stages, and ``--demo``): 1-3 lines per image
+    drawn from ``training_pools(seed)``; ``heldout``: 1-2 lines of the held-out words. ``style``: the
+    generator's (``synth.STYLES``; the focus stage and ``--demo`` draw "clean"). Returns the JSON path."""
     from .synth import make_demo_data
 
     if heldout:
-        return make_demo_data(
-            out_dir, n, seed, resolution, lines_per_image=(1, 2), pools=(HELDOUT_LATIN, HELDOUT_CHINESE, ())
-        )
-    return make_demo_data(out_dir, n, seed, resolution, lines_per_image=(1, 3), pools=training_pools(seed))
+        pools, lines = (HELDOUT_LATIN, HELDOUT_CHINESE, ()), (1, 2)
+    else:
+        pools, lines = training_pools(seed), (1, 3)
+    return make_demo_data(out_dir, n, seed, resolution, lines_per_image=lines, pools=pools, style=style)

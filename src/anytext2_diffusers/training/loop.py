@@ -370,16 +370,17 @@ def _write_final(accelerator, model, parts: dict, ema, params, config, state, va
 
 def _prepare_demo(config, accelerator) -> None:
     """--demo without data: synthesise AnyWord-format train/validation sets into output_dir/demo_data, of the
-    kind the shipped demo model was trained on (``data.demo_words.make_word_data``: random letter strings and
-    common-character words, 1-3 lines); validation shows held-out real words, never drawn in training."""
+    kind the shipped demo model was last trained on (``data.demo_words.make_word_data`` in the focus stage's
+    clean style: random letter strings and common-character words, 1-3 horizontal lines on plain gradients);
+    validation shows held-out real words, never drawn in training."""
     root = os.path.join(config.output_dir, "demo_data")
     train_json = os.path.join(root, "train", "data_v1.2b.json")
     val_json = os.path.join(root, "validation", "data_v1.2b.json")
     if accelerator.is_main_process and not (os.path.isfile(train_json) and os.path.isfile(val_json)):
         size = max(128, config.resolution)  # the demo model's native size; text is drawn to fit the image
-        make_word_data(os.path.dirname(train_json), config.demo_samples, config.seed, size)
+        make_word_data(os.path.dirname(train_json), config.demo_samples, config.seed, size, style="clean")
         n_val = max(2, config.num_validation_images)
-        make_word_data(os.path.dirname(val_json), n_val, config.seed + 1000, size, heldout=True)
+        make_word_data(os.path.dirname(val_json), n_val, config.seed + 1000, size, heldout=True, style="clean")
     accelerator.wait_for_everyone()
     config.train_data = [train_json]
     config.validation_data = [val_json]
