@@ -529,7 +529,10 @@ def learning_check(
     work: str, data: dict, pipeline_dir: str, steps: int, eval_steps: int = 20, limit=None, extra_args=()
 ):
     """From ``pipeline_dir`` with WriteNet's outputs zeroed (text unreadable), train ``steps`` with the suite's
-    loop and read the held-out words before and after: the proof that loop, losses and pipeline learn."""
+    loop and read the held-out words before and after: the proof that loop, losses and pipeline learn.
+
+    Trains on the images of the recipe's last loop stage (the focus stage's when it is done) and reads with
+    the VAE the eval stage uses (``use_final_decoder``)."""
     from .evaluation.generate import load_pipeline
     from .training import main as train_main
 
@@ -538,15 +541,20 @@ def learning_check(
     pipe = load_pipeline(pipeline_dir, "no", "cpu")
     zero_writenet_outputs(pipe.controlnet)
     pipe.save_pretrained(start_dir)
+    use_final_decoder(work, pipe)
     reader = ocr_reader()
     bench = data["heldout_words"]
     before = generate_and_score(pipe, bench, os.path.join(root, "before"), eval_steps, reader=reader, limit=limit)
     args = anytext2_args(work, data, steps, dict(pipeline=start_dir)) + ["--output_dir", run_dir, *extra_args]
+    focus_data = _done(work, "focus_data")
+    if _done(work, "focus") and focus_data:
+        args[args.index("--train_data") + 1] = focus_data["train"]
     started = time.perf_counter()
     if train_main(args) != 0:
         raise RuntimeError("the learning-check training run failed")
     wall = round(time.perf_counter() - started, 1)
     trained = load_pipeline(run_dir, "no", "cpu")
+    use_final_decoder(work, trained)
     after = generate_and_score(trained, bench, os.path.join(root, "after"), eval_steps, reader=reader, limit=limit)
     return dict(command="anytext2-train " + " ".join(args), steps=steps, train_wall_s=wall, before=before, after=after)
 
