@@ -409,7 +409,7 @@ def stage_focus_data(work: str, n_train: int = 4000, seed: int = 2) -> dict:
     return _finish(work, "focus_data", record)
 
 
-def stage_focus(work: str, data: dict, focus_data: dict, trained: dict, steps: int = 6000, extra_args=()) -> dict:
+def stage_focus(work: str, data: dict, focus_data: dict, trained: dict, steps: int = 20000, extra_args=()) -> dict:
     """The loop run on from the anytext2 stage's pipeline (``trained``) on the clean-style images, with the
     anytext2 stage's options (a fresh optimizer): letters are most of what is left to predict there, so the
     glyph conditioning gets the gradient (docs/demo_model.md, "The focus stage")."""
