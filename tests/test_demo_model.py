@@ -155,14 +155,9 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     writenet = AnyText2ControlNetModel.from_pretrained(init["pipeline"], subfolder="controlnet").state_dict()
     copied = [n for n in writenet if n.startswith("down_blocks.") and n in pretrained]
     assert copied and all(torch.equal(writenet[n], pretrained[n]) for n in copied)
-    trained = dm.stage_anytext2(
-        work,
-        data,
-        init,
-        steps=1,
-        extra_args=["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
-        + ["--checkpointing_steps", "1"],
-    )
+    one_quick_step = ["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
+    one_quick_step += ["--checkpointing_steps", "1"]
+    trained = dm.stage_anytext2(work, data, init, steps=1, extra_args=one_quick_step)
     assert "--no-sd_locked" in trained["command"] and os.path.isfile(
         os.path.join(trained["pipeline"], "model_index.json")
     )
@@ -171,15 +166,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert os.path.isfile(os.path.join(trained["pipeline"], "validation", "step-000001.png"))
     # The focus stage runs the same loop on from that pipeline, on the clean-style images.
     focus_data = dm.stage_focus_data(work, n_train=4)
-    focused = dm.stage_focus(
-        work,
-        data,
-        focus_data,
-        trained,
-        steps=1,
-        extra_args=["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
-        + ["--checkpointing_steps", "1"],
-    )
+    focused = dm.stage_focus(work, data, focus_data, trained, steps=1, extra_args=one_quick_step)
     assert f"--pretrained_model_name_or_path {trained['pipeline']}" in focused["command"]
     assert f"--train_data {focus_data['train']}" in focused["command"] and "--no-sd_locked" in focused["command"]
     assert focused["pipeline"] == os.path.join(work, "focus") != trained["pipeline"]
