@@ -296,3 +296,26 @@ def test_glyph_dependence_is_zero_for_a_fresh_writenet_and_sees_its_residuals(tm
     changed = dm.glyph_dependence(parts, config, batches=1, timesteps=(500,))[500]
     assert changed["text_on"] != changed["text_off"]
     assert changed["text_off"] == fresh["text_off"]  # without the residuals nothing else changed
+    # The one-step preview of the same model: the source column and one column per timestep, rows = images.
+    grid = dm.denoised_previews(parts, config, parts["vae"], images=2, timesteps=(300, 900))
+    size = config.resolution
+    assert grid.shape == (3, 2 * size, 3 * size) and grid.abs().max() <= 1
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_clean_from_prediction_inverts_the_noising_for_the_exact_target(prediction_type):
+    # Given the exact training target, the preview's x0 must be the clean latent the noise was added to.
+    from diffusers import DDIMScheduler
+
+    from anytext2_diffusers.training.losses import training_target
+
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", prediction_type=prediction_type)
+    gen = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    for t in (50, 500, 950):
+        steps = torch.full((2,), t, dtype=torch.long)
+        noisy = scheduler.add_noise(latents, noise, steps)
+        clean = dm._clean_from_prediction(scheduler, noisy, training_target(scheduler, latents, noise, steps), t)
+        # float32 rounding of the noising and its inverse: at t = 950 x0 = (x_t - ...) / sqrt(alpha) with
+        # sqrt(alpha) ~ 0.08 scales ~1e-7 errors by ~12; 1e-4 leaves a margin of ~50x over that
+        assert torch.allclose(clean, latents, atol=1e-4), (prediction_type, t)

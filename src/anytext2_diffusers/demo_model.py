@@ -627,6 +627,42 @@ def score_anytext2_checkpoint(
     return dict(checkpoint=os.path.basename(ckpt), components=list(swapped), vae=vae, sampler_steps=steps, ocr=summary)
 
 
+def _validation_batches(parts: dict, config, batches: int, seed: int):
+    """The training model in eval mode and, per validation batch (at most ``batches``), its clean latents,
+    masked latents, caption contexts and the batch itself: what ``glyph_dependence`` and
+    ``denoised_previews`` predict from."""
+    from .training.components import setup_training_model
+    from .training.data import build_datasets, make_loader
+
+    model, _ = setup_training_model(parts, config, torch.device("cpu"), torch.float32)
+    model.eval()
+    _, val = build_datasets(config)
+    if val is None:
+        raise ValueError("the demo model's probes need validation data (--validation_data)")
+    generator = torch.Generator().manual_seed(seed)
+
+    def batches_():
+        for i, batch in enumerate(make_loader(val, config, shuffle=False)):
+            if i == batches:
+                return
+            latents, masked = model.encode_images(batch, generator)
+            image_context, text_context = model.encode_lines_and_captions(batch)
+            yield batch, latents, masked, image_context, text_context
+
+    return model, generator, batches_()
+
+
+def _predict(model, batch, noisy, steps, masked, image_context, text_context, scales=None):
+    from .training.step import predict_noise
+
+    return predict_noise(
+        model.unet, model.controlnet, noisy, steps, image_context, text_context,
+        glyphs=batch.glyphs, positions=batch.position[:, :, 0], masked_latents=masked,
+        only_mid_control=model.only_mid_control, attnx_scale=model.attnx_scale,
+        control_scales=model.control_scales if scales is None else scales,
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def glyph_dependence(parts: dict, config, batches: int = 4, timesteps=(200, 500, 800), seed: int = 0) -> dict:
     """How much the model's prediction in the text lines comes from the glyph conditioning: per timestep, the
@@ -637,25 +673,13 @@ def glyph_dependence(parts: dict, config, batches: int = 4, timesteps=(200, 500,
     ``training.components.load_components`` returns them."""
     import torch.nn.functional as F
 
-    from .training.components import setup_training_model
-    from .training.data import build_datasets, make_loader
     from .training.losses import training_target
-    from .training.step import predict_noise
 
-    model, _ = setup_training_model(parts, config, torch.device("cpu"), torch.float32)
-    model.eval()
-    _, val = build_datasets(config)
-    if val is None:
-        raise ValueError("glyph_dependence needs validation data (--validation_data)")
+    model, generator, loader = _validation_batches(parts, config, batches, seed)
     scheduler = parts["scheduler"]
-    generator = torch.Generator().manual_seed(seed)
     sums = {t: dict(text_on=0.0, text_off=0.0, rest_on=0.0, rest_off=0.0) for t in timesteps}
     n_text = n_rest = 0
-    for i, batch in enumerate(make_loader(val, config, shuffle=False)):
-        if i == batches:
-            break
-        latents, masked = model.encode_images(batch, generator)
-        image_context, text_context = model.encode_lines_and_captions(batch)
+    for batch, latents, masked, image_context, text_context in loader:
         factor = batch.position.shape[-1] // latents.shape[-1]
         text = F.max_pool2d(batch.position[:, :, 0].float().amax(1, keepdim=True), factor)[:, 0] > 0
         n_text, n_rest = n_text + int(text.sum()), n_rest + int((~text).sum())
@@ -664,12 +688,8 @@ def glyph_dependence(parts: dict, config, batches: int = 4, timesteps=(200, 500,
             noise = torch.randn(latents.shape, generator=generator)
             noisy = scheduler.add_noise(latents, noise, steps)
             target = training_target(scheduler, latents, noise, steps)
-            for tag, scales in (("on", model.control_scales), ("off", [0.0] * len(model.control_scales))):
-                out = predict_noise(
-                    model.unet, model.controlnet, noisy, steps, image_context, text_context,
-                    glyphs=batch.glyphs, positions=batch.position[:, :, 0], masked_latents=masked,
-                    only_mid_control=model.only_mid_control, attnx_scale=model.attnx_scale, control_scales=scales,
-                )  # fmt: skip
+            for tag, scales in (("on", None), ("off", [0.0] * len(model.control_scales))):
+                out = _predict(model, batch, noisy, steps, masked, image_context, text_context, scales)
                 err = ((out - target) ** 2).mean(1)
                 sums[t][f"text_{tag}"] += float(err[text].sum())
                 sums[t][f"rest_{tag}"] += float(err[~text].sum())
@@ -677,3 +697,34 @@ def glyph_dependence(parts: dict, config, batches: int = 4, timesteps=(200, 500,
         t: {k: round(v / (n_text if k.startswith("text") else n_rest), 5) for k, v in s.items()}
         for t, s in sums.items()
     }
+
+
+@torch.no_grad()
+def denoised_previews(parts: dict, config, vae, images: int = 6, timesteps=(300, 500, 800, 950), seed: int = 0):
+    """What the model predicts in one step: for the first ``images`` validation images, the clean image the
+    prediction at each timestep implies (the scheduler's x0 from its target), decoded by ``vae``. Returns a
+    (3, images * H, (1 + len(timesteps)) * W) tensor in [-1, 1]: columns are the VAE's reconstruction of
+    the source, then the timesteps. Where the words read at small t but not at large t, the model knows the
+    letters and generation from noise is what loses them."""
+    model, generator, loader = _validation_batches(parts, config, 1, seed)
+    batch, latents, masked, image_context, text_context = next(loader)
+    scheduler, scale = parts["scheduler"], parts["vae"].config.scaling_factor
+    columns = [latents]
+    for t in timesteps:
+        steps = torch.full((len(latents),), t, dtype=torch.long)
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = scheduler.add_noise(latents, noise, steps)
+        out = _predict(model, batch, noisy, steps, masked, image_context, text_context)
+        columns.append(_clean_from_prediction(scheduler, noisy, out, t))
+    decoded = [vae.decode(c[:images] / scale).sample.clamp(-1, 1) for c in columns]
+    return torch.cat([torch.cat(list(d), dim=1) for d in decoded], dim=2)
+
+
+def _clean_from_prediction(scheduler, noisy, prediction, t: int):
+    """x0 from the model output at timestep ``t`` under the scheduler's prediction type."""
+    alpha = scheduler.alphas_cumprod[t]
+    if scheduler.config.prediction_type == "v_prediction":
+        return alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
+    if scheduler.config.prediction_type == "epsilon":
+        return (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+    raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
