@@ -26,7 +26,8 @@ from anytext2_diffusers import demo_model as dm
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work_dir", required=True, help="the recipe's work folder (init stage done)")
-    p.add_argument("--checkpoint", default=None, help="loop checkpoint folder (default: the latest)")
+    p.add_argument("--stage", default="anytext2", choices=("anytext2", "focus"), help="loop stage to read")
+    p.add_argument("--checkpoint", default=None, help="loop checkpoint folder (default: the stage's latest)")
     p.add_argument("--batches", type=int, default=4, help="validation batches of 8")
     p.add_argument("--timesteps", default="200,500,800")
     p.add_argument(
@@ -40,7 +41,7 @@ def main() -> None:
 
     data = dm.stage_data(args.work_dir)
     init = dm.stage_init(args.work_dir, data)
-    ckpt = args.checkpoint or dm.latest_anytext2_checkpoint(args.work_dir)
+    ckpt = args.checkpoint or dm.latest_anytext2_checkpoint(args.work_dir, args.stage)
     with tempfile.TemporaryDirectory() as out:  # the config's output folder is never written
         extra = ["--output_dir", out] + (["--validation_data", args.images] if args.images else [])
         config = parse_args(dm.anytext2_args(args.work_dir, data, 1, init) + extra)

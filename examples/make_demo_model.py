@@ -42,13 +42,13 @@ def main(argv=None) -> int:
     p.add_argument(
         "--anytext2_steps",
         type=int,
-        default=6526,
+        default=dm.ANYTEXT2_STEPS,
         help="loop steps on the varied images (6526: where the run behind the demo model moved on to focus)",
     )
     p.add_argument(
         "--focus_steps",
         type=int,
-        default=20000,
+        default=dm.FOCUS_STEPS,
         help="loop steps on the clean-style images (a cap: a run is ended at checkpoint N with --focus_steps N)",
     )
     p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")

@@ -52,6 +52,9 @@ UNET_NORM_GROUPS = 8
 # lines (text x font); font-hint crops rarely recur and pass through the LRU, so it keeps ~13 epochs of them
 # (simulated glyph-line hit rate 0.98 by epoch 8 with 30 k, 0.70 with 10 k; docs/demo_model.md).
 NECK_CACHE_ENTRIES = 50000
+# Loop steps of the anytext2 stage (on the varied images): where the run behind the demo model moved on to
+# the focus stage; and the focus stage's cap (a run is ended at checkpoint N with steps N).
+ANYTEXT2_STEPS, FOCUS_STEPS = 6526, 20000
 # One horizontal line across the middle, on the evaluation's 512 px polygon canvas (8..120 x 40..88 at 128 px).
 HELDOUT_BOX = ((32, 160), (480, 160), (480, 352), (32, 352))
 
@@ -357,7 +360,7 @@ def anytext2_args(work: str, data: dict, steps: int, init: dict, stage: str = "a
     ]  # fmt: skip
 
 
-def stage_anytext2(work: str, data: dict, init: dict, steps: int = 20000, extra_args=()) -> dict:
+def stage_anytext2(work: str, data: dict, init: dict, steps: int = ANYTEXT2_STEPS, extra_args=()) -> dict:
     """Run (or resume) the loop to ``steps``; the stage is done when the loop's output folder is complete.
     ``extra_args``: loop options appended to (so overriding) the recipe's."""
     done = _done(work, "anytext2")
@@ -409,7 +412,9 @@ def stage_focus_data(work: str, n_train: int = 4000, seed: int = 2) -> dict:
     return _finish(work, "focus_data", record)
 
 
-def stage_focus(work: str, data: dict, focus_data: dict, trained: dict, steps: int = 20000, extra_args=()) -> dict:
+def stage_focus(
+    work: str, data: dict, focus_data: dict, trained: dict, steps: int = FOCUS_STEPS, extra_args=()
+) -> dict:
     """The loop run on from the anytext2 stage's pipeline (``trained``) on the clean-style images, with the
     anytext2 stage's options (a fresh optimizer): letters are most of what is left to predict there, so the
     glyph conditioning gets the gradient (docs/demo_model.md, "The focus stage")."""
