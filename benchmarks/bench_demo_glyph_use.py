@@ -7,7 +7,8 @@ prediction where the lines are (the in-line error drops with WriteNet on) or not
     OMP_NUM_THREADS=1 python benchmarks/bench_demo_glyph_use.py --work_dir demo-train   # latest checkpoint
     python benchmarks/bench_demo_glyph_use.py --work_dir demo-train --checkpoint demo-train/anytext2/checkpoint-2000
 
-Uses the recipe's loop options and its validation data (the held-out-word images). Last line: one JSON
+Uses the recipe's loop options and its validation data (the held-out-word images; ``--images`` another
+AnyWord JSON, e.g. clean-style images). Last line: one JSON
 object, per timestep the mean error inside the lines (``text_on`` / ``text_off``) and outside
 (``rest_on`` / ``rest_off``).
 """
@@ -25,18 +26,25 @@ from anytext2_diffusers import demo_model as dm
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work_dir", required=True, help="the recipe's work folder (init stage done)")
-    p.add_argument("--checkpoint", default=None, help="loop checkpoint folder (default: the latest)")
+    p.add_argument("--stage", default="anytext2", choices=("anytext2", "focus"), help="loop stage to read")
+    p.add_argument("--checkpoint", default=None, help="loop checkpoint folder (default: the stage's latest)")
     p.add_argument("--batches", type=int, default=4, help="validation batches of 8")
     p.add_argument("--timesteps", default="200,500,800")
+    p.add_argument(
+        "--images",
+        default=None,
+        help="AnyWord JSON of the images to measure on (default: the recipe's held-out-word images)",
+    )
     args = p.parse_args()
     from anytext2_diffusers.training.components import load_components
     from anytext2_diffusers.training.config import parse_args
 
     data = dm.stage_data(args.work_dir)
     init = dm.stage_init(args.work_dir, data)
-    ckpt = args.checkpoint or dm.latest_anytext2_checkpoint(args.work_dir)
+    ckpt = args.checkpoint or dm.latest_anytext2_checkpoint(args.work_dir, args.stage)
     with tempfile.TemporaryDirectory() as out:  # the config's output folder is never written
-        config = parse_args(dm.anytext2_args(args.work_dir, data, 1, init) + ["--output_dir", out])
+        extra = ["--output_dir", out] + (["--validation_data", args.images] if args.images else [])
+        config = parse_args(dm.anytext2_args(args.work_dir, data, 1, init) + extra)
         parts = load_components(config)
         parts.update(dm.checkpoint_components(ckpt))
         timesteps = tuple(int(t) for t in args.timesteps.split(","))

@@ -39,8 +39,18 @@ def main(argv=None) -> int:
     p.add_argument("--unet_steps", type=int, default=4000, help="plain-diffusion pretraining steps of the UNet")
     p.add_argument("--unet_batch_size", type=int, default=16)
     p.add_argument("--device", default="cpu", help="device of the unet stage (the loop's is Accelerate's choice)")
-    p.add_argument("--anytext2_steps", type=int, default=20000)
-    p.add_argument("--focus_steps", type=int, default=6000, help="loop steps on the clean-style images")
+    p.add_argument(
+        "--anytext2_steps",
+        type=int,
+        default=dm.ANYTEXT2_STEPS,
+        help="loop steps on the varied images (6526: where the run behind the demo model moved on to focus)",
+    )
+    p.add_argument(
+        "--focus_steps",
+        type=int,
+        default=dm.FOCUS_STEPS,
+        help="loop steps on the clean-style images (a cap: a run is ended at checkpoint N with --focus_steps N)",
+    )
     p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")
     p.add_argument(
         "--export_dir",

@@ -155,14 +155,9 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     writenet = AnyText2ControlNetModel.from_pretrained(init["pipeline"], subfolder="controlnet").state_dict()
     copied = [n for n in writenet if n.startswith("down_blocks.") and n in pretrained]
     assert copied and all(torch.equal(writenet[n], pretrained[n]) for n in copied)
-    trained = dm.stage_anytext2(
-        work,
-        data,
-        init,
-        steps=1,
-        extra_args=["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
-        + ["--checkpointing_steps", "1"],
-    )
+    one_quick_step = ["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
+    one_quick_step += ["--checkpointing_steps", "1"]
+    trained = dm.stage_anytext2(work, data, init, steps=1, extra_args=one_quick_step)
     assert "--no-sd_locked" in trained["command"] and os.path.isfile(
         os.path.join(trained["pipeline"], "model_index.json")
     )
@@ -171,15 +166,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert os.path.isfile(os.path.join(trained["pipeline"], "validation", "step-000001.png"))
     # The focus stage runs the same loop on from that pipeline, on the clean-style images.
     focus_data = dm.stage_focus_data(work, n_train=4)
-    focused = dm.stage_focus(
-        work,
-        data,
-        focus_data,
-        trained,
-        steps=1,
-        extra_args=["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]
-        + ["--checkpointing_steps", "1"],
-    )
+    focused = dm.stage_focus(work, data, focus_data, trained, steps=1, extra_args=one_quick_step)
     assert f"--pretrained_model_name_or_path {trained['pipeline']}" in focused["command"]
     assert f"--train_data {focus_data['train']}" in focused["command"] and "--no-sd_locked" in focused["command"]
     assert focused["pipeline"] == os.path.join(work, "focus") != trained["pipeline"]
@@ -310,3 +297,26 @@ def test_glyph_dependence_is_zero_for_a_fresh_writenet_and_sees_its_residuals(tm
     changed = dm.glyph_dependence(parts, config, batches=1, timesteps=(500,))[500]
     assert changed["text_on"] != changed["text_off"]
     assert changed["text_off"] == fresh["text_off"]  # without the residuals nothing else changed
+    # The one-step preview of the same model: the source column and one column per timestep, rows = images.
+    grid = dm.denoised_previews(parts, config, parts["vae"], images=2, timesteps=(300, 900))
+    size = config.resolution
+    assert grid.shape == (3, 2 * size, 3 * size) and grid.abs().max() <= 1
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_clean_from_prediction_inverts_the_noising_for_the_exact_target(prediction_type):
+    # Given the exact training target, the preview's x0 must be the clean latent the noise was added to.
+    from diffusers import DDIMScheduler
+
+    from anytext2_diffusers.training.losses import training_target
+
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", prediction_type=prediction_type)
+    gen = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    for t in (50, 500, 950):
+        steps = torch.full((2,), t, dtype=torch.long)
+        noisy = scheduler.add_noise(latents, noise, steps)
+        clean = dm._clean_from_prediction(scheduler, noisy, training_target(scheduler, latents, noise, steps), t)
+        # float32 rounding of the noising and its inverse: at t = 950 x0 = (x_t - ...) / sqrt(alpha) with
+        # sqrt(alpha) ~ 0.08 scales ~1e-7 errors by ~12; 1e-4 leaves a margin of ~50x over that
+        assert torch.allclose(clean, latents, atol=1e-4), (prediction_type, t)

@@ -55,6 +55,9 @@ UNET_NORM_GROUPS = 8
 # lines (text x font); font-hint crops rarely recur and pass through the LRU, so it keeps ~13 epochs of them
 # (simulated glyph-line hit rate 0.98 by epoch 8 with 30 k, 0.70 with 10 k; docs/demo_model.md).
 NECK_CACHE_ENTRIES = 50000
+# Loop steps of the anytext2 stage (on the varied images): where the run behind the demo model moved on to
+# the focus stage; and the focus stage's cap (a run is ended at checkpoint N with steps N).
+ANYTEXT2_STEPS, FOCUS_STEPS = 6526, 20000
 # One horizontal line across the middle, on the evaluation's 512 px polygon canvas (8..120 x 40..88 at 128 px).
 HELDOUT_BOX = ((32, 160), (480, 160), (480, 352), (32, 352))
 
@@ -352,7 +355,7 @@ def anytext2_args(work: str, data: dict, steps: int, init: dict, stage: str = "a
     ]  # fmt: skip
 
 
-def stage_anytext2(work: str, data: dict, init: dict, steps: int = 20000, extra_args=()) -> dict:
+def stage_anytext2(work: str, data: dict, init: dict, steps: int = ANYTEXT2_STEPS, extra_args=()) -> dict:
     """Run (or resume) the loop to ``steps``; the stage is done when the loop's output folder is complete.
     ``extra_args``: loop options appended to (so overriding) the recipe's."""
     done = _done(work, "anytext2")
@@ -400,7 +403,9 @@ def stage_focus_data(work: str, n_train: int = 4000, seed: int = 2) -> dict:
     return _finish(work, "focus_data", record)
 
 
-def stage_focus(work: str, data: dict, focus_data: dict, trained: dict, steps: int = 6000, extra_args=()) -> dict:
+def stage_focus(
+    work: str, data: dict, focus_data: dict, trained: dict, steps: int = FOCUS_STEPS, extra_args=()
+) -> dict:
     """The loop run on from the anytext2 stage's pipeline (``trained``) on the clean-style images, with the
     anytext2 stage's options (a fresh optimizer): letters are most of what is left to predict there, so the
     glyph conditioning gets the gradient (docs/demo_model.md, "The focus stage")."""
@@ -569,7 +574,10 @@ def learning_check(
     work: str, data: dict, pipeline_dir: str, steps: int, eval_steps: int = 20, limit=None, extra_args=()
 ):
     """From ``pipeline_dir`` with WriteNet's outputs zeroed (text unreadable), train ``steps`` with the suite's
-    loop and read the held-out words before and after: the proof that loop, losses and pipeline learn."""
+    loop and read the held-out words before and after: the proof that loop, losses and pipeline learn.
+
+    Trains on the images of the recipe's last loop stage (the focus stage's when it is done) and reads with
+    the VAE the eval stage uses (``use_final_decoder``)."""
     from .evaluation.generate import load_pipeline
     from .training import main as train_main
 
@@ -578,15 +586,20 @@ def learning_check(
     pipe = load_pipeline(pipeline_dir, "no", "cpu")
     zero_writenet_outputs(pipe.controlnet)
     pipe.save_pretrained(start_dir)
+    use_final_decoder(work, pipe)
     reader = ocr_reader()
     bench = data["heldout_words"]
     before = generate_and_score(pipe, bench, os.path.join(root, "before"), eval_steps, reader=reader, limit=limit)
     args = anytext2_args(work, data, steps, dict(pipeline=start_dir)) + ["--output_dir", run_dir, *extra_args]
+    focus_data = _done(work, "focus_data")
+    if _done(work, "focus") and focus_data:
+        args[args.index("--train_data") + 1] = focus_data["train"]
     started = time.perf_counter()
     if train_main(args) != 0:
         raise RuntimeError("the learning-check training run failed")
     wall = round(time.perf_counter() - started, 1)
     trained = load_pipeline(run_dir, "no", "cpu")
+    use_final_decoder(work, trained)
     after = generate_and_score(trained, bench, os.path.join(root, "after"), eval_steps, reader=reader, limit=limit)
     return dict(command="anytext2-train " + " ".join(args), steps=steps, train_wall_s=wall, before=before, after=after)
 
@@ -659,6 +672,42 @@ def score_anytext2_checkpoint(
     return dict(checkpoint=os.path.basename(ckpt), components=list(swapped), vae=vae, sampler_steps=steps, ocr=summary)
 
 
+def _validation_batches(parts: dict, config, batches: int, seed: int):
+    """The training model in eval mode and, per validation batch (at most ``batches``), its clean latents,
+    masked latents, caption contexts and the batch itself: what ``glyph_dependence`` and
+    ``denoised_previews`` predict from."""
+    from .training.components import setup_training_model
+    from .training.data import build_datasets, make_loader
+
+    model, _ = setup_training_model(parts, config, torch.device("cpu"), torch.float32)
+    model.eval()
+    _, val = build_datasets(config)
+    if val is None:
+        raise ValueError("the demo model's probes need validation data (--validation_data)")
+    generator = torch.Generator().manual_seed(seed)
+
+    def batches_():
+        for i, batch in enumerate(make_loader(val, config, shuffle=False)):
+            if i == batches:
+                return
+            latents, masked = model.encode_images(batch, generator)
+            image_context, text_context = model.encode_lines_and_captions(batch)
+            yield batch, latents, masked, image_context, text_context
+
+    return model, generator, batches_()
+
+
+def _predict(model, batch, noisy, steps, masked, image_context, text_context, scales=None):
+    from .training.step import predict_noise
+
+    return predict_noise(
+        model.unet, model.controlnet, noisy, steps, image_context, text_context,
+        glyphs=batch.glyphs, positions=batch.position[:, :, 0], masked_latents=masked,
+        only_mid_control=model.only_mid_control, attnx_scale=model.attnx_scale,
+        control_scales=model.control_scales if scales is None else scales,
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def glyph_dependence(parts: dict, config, batches: int = 4, timesteps=(200, 500, 800), seed: int = 0) -> dict:
     """How much the model's prediction in the text lines comes from the glyph conditioning: per timestep, the
@@ -669,25 +718,13 @@ def glyph_dependence(parts: dict, config, batches: int = 4, timesteps=(200, 500,
     ``training.components.load_components`` returns them."""
     import torch.nn.functional as F
 
-    from .training.components import setup_training_model
-    from .training.data import build_datasets, make_loader
     from .training.losses import training_target
-    from .training.step import predict_noise
 
-    model, _ = setup_training_model(parts, config, torch.device("cpu"), torch.float32)
-    model.eval()
-    _, val = build_datasets(config)
-    if val is None:
-        raise ValueError("glyph_dependence needs validation data (--validation_data)")
+    model, generator, loader = _validation_batches(parts, config, batches, seed)
     scheduler = parts["scheduler"]
-    generator = torch.Generator().manual_seed(seed)
     sums = {t: dict(text_on=0.0, text_off=0.0, rest_on=0.0, rest_off=0.0) for t in timesteps}
     n_text = n_rest = 0
-    for i, batch in enumerate(make_loader(val, config, shuffle=False)):
-        if i == batches:
-            break
-        latents, masked = model.encode_images(batch, generator)
-        image_context, text_context = model.encode_lines_and_captions(batch)
+    for batch, latents, masked, image_context, text_context in loader:
         factor = batch.position.shape[-1] // latents.shape[-1]
         text = F.max_pool2d(batch.position[:, :, 0].float().amax(1, keepdim=True), factor)[:, 0] > 0
         n_text, n_rest = n_text + int(text.sum()), n_rest + int((~text).sum())
@@ -696,12 +733,8 @@ def glyph_dependence(parts: dict, config, batches: int = 4, timesteps=(200, 500,
             noise = torch.randn(latents.shape, generator=generator)
             noisy = scheduler.add_noise(latents, noise, steps)
             target = training_target(scheduler, latents, noise, steps)
-            for tag, scales in (("on", model.control_scales), ("off", [0.0] * len(model.control_scales))):
-                out = predict_noise(
-                    model.unet, model.controlnet, noisy, steps, image_context, text_context,
-                    glyphs=batch.glyphs, positions=batch.position[:, :, 0], masked_latents=masked,
-                    only_mid_control=model.only_mid_control, attnx_scale=model.attnx_scale, control_scales=scales,
-                )  # fmt: skip
+            for tag, scales in (("on", None), ("off", [0.0] * len(model.control_scales))):
+                out = _predict(model, batch, noisy, steps, masked, image_context, text_context, scales)
                 err = ((out - target) ** 2).mean(1)
                 sums[t][f"text_{tag}"] += float(err[text].sum())
                 sums[t][f"rest_{tag}"] += float(err[~text].sum())
@@ -709,3 +742,34 @@ def glyph_dependence(parts: dict, config, batches: int = 4, timesteps=(200, 500,
         t: {k: round(v / (n_text if k.startswith("text") else n_rest), 5) for k, v in s.items()}
         for t, s in sums.items()
     }
+
+
+@torch.no_grad()
+def denoised_previews(parts: dict, config, vae, images: int = 6, timesteps=(300, 500, 800, 950), seed: int = 0):
+    """What the model predicts in one step: for the first ``images`` validation images, the clean image the
+    prediction at each timestep implies (the scheduler's x0 from its target), decoded by ``vae``. Returns a
+    (3, images * H, (1 + len(timesteps)) * W) tensor in [-1, 1]: columns are the VAE's reconstruction of
+    the source, then the timesteps. Where the words read at small t but not at large t, the model knows the
+    letters and generation from noise is what loses them."""
+    model, generator, loader = _validation_batches(parts, config, 1, seed)
+    batch, latents, masked, image_context, text_context = next(loader)
+    scheduler, scale = parts["scheduler"], parts["vae"].config.scaling_factor
+    columns = [latents]
+    for t in timesteps:
+        steps = torch.full((len(latents),), t, dtype=torch.long)
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = scheduler.add_noise(latents, noise, steps)
+        out = _predict(model, batch, noisy, steps, masked, image_context, text_context)
+        columns.append(_clean_from_prediction(scheduler, noisy, out, t))
+    decoded = [vae.decode(c[:images] / scale).sample.clamp(-1, 1) for c in columns]
+    return torch.cat([torch.cat(list(d), dim=1) for d in decoded], dim=2)
+
+
+def _clean_from_prediction(scheduler, noisy, prediction, t: int):
+    """x0 from the model output at timestep ``t`` under the scheduler's prediction type."""
+    alpha = scheduler.alphas_cumprod[t]
+    if scheduler.config.prediction_type == "v_prediction":
+        return alpha.sqrt() * noisy - (1 - alpha).sqrt() * prediction
+    if scheduler.config.prediction_type == "epsilon":
+        return (noisy - (1 - alpha).sqrt() * prediction) / alpha.sqrt()
+    raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
