@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 
 from anytext2_diffusers import demo_model as dm
 
@@ -31,20 +30,10 @@ def main() -> None:
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from anytext2_diffusers.training.components import load_components
-    from anytext2_diffusers.training.config import parse_args
-
-    data = dm.stage_data(args.work_dir)
-    init = dm.stage_init(args.work_dir, data)
-    ckpt = args.checkpoint or dm.latest_anytext2_checkpoint(args.work_dir, args.stage)
-    with tempfile.TemporaryDirectory() as out:  # the config's output folder is never written
-        extra = ["--output_dir", out] + (["--validation_data", args.images] if args.images else [])
-        config = parse_args(dm.anytext2_args(args.work_dir, data, 1, init) + extra)
-        parts = load_components(config)
-        parts.update(dm.checkpoint_components(ckpt))
+    timesteps = tuple(int(t) for t in args.timesteps.split(","))
+    with dm.checkpoint_probe(args.work_dir, args.checkpoint, args.stage, args.images) as (ckpt, parts, config):
         decoder = os.path.join(args.work_dir, "vae_decoder", "vae")
         vae = AutoencoderKL.from_pretrained(decoder).eval() if os.path.isdir(decoder) else parts["vae"]
-        timesteps = tuple(int(t) for t in args.timesteps.split(","))
         grid = dm.denoised_previews(parts, config, vae, args.rows, timesteps)
     image = ((grid + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(image).save(args.out)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 
 from anytext2_diffusers import demo_model as dm
 
@@ -36,18 +35,8 @@ def main() -> None:
         help="AnyWord JSON of the images to measure on (default: the recipe's held-out-word images)",
     )
     args = p.parse_args()
-    from anytext2_diffusers.training.components import load_components
-    from anytext2_diffusers.training.config import parse_args
-
-    data = dm.stage_data(args.work_dir)
-    init = dm.stage_init(args.work_dir, data)
-    ckpt = args.checkpoint or dm.latest_anytext2_checkpoint(args.work_dir, args.stage)
-    with tempfile.TemporaryDirectory() as out:  # the config's output folder is never written
-        extra = ["--output_dir", out] + (["--validation_data", args.images] if args.images else [])
-        config = parse_args(dm.anytext2_args(args.work_dir, data, 1, init) + extra)
-        parts = load_components(config)
-        parts.update(dm.checkpoint_components(ckpt))
-        timesteps = tuple(int(t) for t in args.timesteps.split(","))
+    timesteps = tuple(int(t) for t in args.timesteps.split(","))
+    with dm.checkpoint_probe(args.work_dir, args.checkpoint, args.stage, args.images) as (ckpt, parts, config):
         result = dm.glyph_dependence(parts, config, args.batches, timesteps)
     print(json.dumps(dict(checkpoint=os.path.abspath(ckpt), errors=result)))
 

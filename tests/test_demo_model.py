@@ -173,6 +173,10 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     with open(focus_data["train"], encoding="utf-8") as f:
         assert all(a["valid"] for r in json.load(f)["data_list"] for a in r["annotations"])
     assert dm.score_anytext2_checkpoint(work, data, steps=2, limit=1, stage="focus")["checkpoint"] == "checkpoint-1"
+    with dm.checkpoint_probe(work, stage="focus") as (ckpt, parts, config):  # what the probes read
+        assert os.path.basename(ckpt) == "checkpoint-1" and data["heldout_images"] in config.validation_data
+        saved = AnyText2ControlNetModel.from_pretrained(os.path.join(ckpt, "controlnet")).state_dict()
+        assert all(torch.equal(saved[k], w) for k, w in parts["controlnet"].state_dict().items())
     trained = focused
     decoder = dm.stage_vae(work, data, steps=1, stage="vae_decoder")
     assert decoder["config"]["train_encoder"] is False and decoder["seed"] == 1

@@ -24,6 +24,7 @@ Every stage appends what it ran to ``recipe.json``, which the model card reprodu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -670,6 +671,27 @@ def score_anytext2_checkpoint(
     out = os.path.join(work, stage, "eval_" + os.path.basename(ckpt))
     summary = generate_and_score(pipe, data["heldout_words"], out, steps, limit=limit)
     return dict(checkpoint=os.path.basename(ckpt), components=list(swapped), vae=vae, sampler_steps=steps, ocr=summary)
+
+
+@contextlib.contextmanager
+def checkpoint_probe(work: str, checkpoint: str | None = None, stage: str = "anytext2", images: str | None = None):
+    """What the probes (``glyph_dependence``, ``denoised_previews``) read: yields (checkpoint folder, parts,
+    config): the recipe's loop config with ``images`` (an AnyWord JSON; default the held-out-word images) as
+    validation data, and its components with the loop checkpoint's swapped in (default: the stage's latest)."""
+    import tempfile
+
+    from .training.components import load_components
+    from .training.config import parse_args
+
+    data = stage_data(work)
+    init = stage_init(work, data)
+    ckpt = checkpoint or latest_anytext2_checkpoint(work, stage)
+    with tempfile.TemporaryDirectory() as out:  # the config's output folder is never written
+        extra = ["--output_dir", out] + (["--validation_data", images] if images else [])
+        config = parse_args(anytext2_args(work, data, 1, init) + extra)
+        parts = load_components(config)
+        parts.update(checkpoint_components(ckpt))
+        yield ckpt, parts, config
 
 
 def _validation_batches(parts: dict, config, batches: int, seed: int):
