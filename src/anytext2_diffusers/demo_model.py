@@ -322,12 +322,14 @@ def stage_init(work: str, data: dict, unet: dict | None = None, seed: int = 0) -
 
 
 # --- 5. anytext2 ---------------------------------------------------------------------------------
-def anytext2_args(work: str, data: dict, steps: int, init: dict, stage: str = "anytext2") -> list[str]:
+def anytext2_args(
+    work: str, data: dict, steps: int, init: dict, stage: str = "anytext2", train_data: str | None = None
+) -> list[str]:
     """The command line of the suite's loop for this stage (``anytext2-train`` takes the same); ``stage``
-    names the output folder."""
+    names the output folder, ``train_data`` replaces the data stage's training images."""
     return [
         "--pretrained_model_name_or_path", init["pipeline"],
-        "--train_data", data["train"],
+        "--train_data", train_data or data["train"],
         # The held-out-word images: the loop's validation grids (every 500 steps) show them being written.
         "--validation_data", data["heldout_images"],
         "--output_dir", os.path.join(work, stage),
@@ -413,8 +415,7 @@ def stage_focus(
     done = _done(work, "focus")
     if done:
         return done
-    args = anytext2_args(work, data, steps, {"pipeline": trained["pipeline"]}, stage="focus")
-    args[args.index("--train_data") + 1] = focus_data["train"]
+    args = anytext2_args(work, data, steps, {"pipeline": trained["pipeline"]}, "focus", focus_data["train"])
     return _run_loop_stage(work, "focus", args + list(extra_args), steps)
 
 
@@ -591,10 +592,10 @@ def learning_check(
     reader = ocr_reader()
     bench = data["heldout_words"]
     before = generate_and_score(pipe, bench, os.path.join(root, "before"), eval_steps, reader=reader, limit=limit)
-    args = anytext2_args(work, data, steps, dict(pipeline=start_dir)) + ["--output_dir", run_dir, *extra_args]
     focus_data = _done(work, "focus_data")
-    if _done(work, "focus") and focus_data:
-        args[args.index("--train_data") + 1] = focus_data["train"]
+    images = focus_data["train"] if _done(work, "focus") and focus_data else None
+    args = anytext2_args(work, data, steps, dict(pipeline=start_dir), train_data=images)
+    args += ["--output_dir", run_dir, *extra_args]
     started = time.perf_counter()
     if train_main(args) != 0:
         raise RuntimeError("the learning-check training run failed")

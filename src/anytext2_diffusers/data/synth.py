@@ -108,7 +108,8 @@ def _draw_line(im, rng, text, font_path, color, vertical, occupied, size, angle=
     fs = int(rng.integers(24, 56))
     font = load_font(font_path, fs)
     if fit and not vertical:
-        width = font.getbbox(text)[2] - font.getbbox(text)[0] + 8
+        left, _, right, _ = font.getbbox(text)
+        width = right - left + 8
         if width > size - 6:
             fs = max(MIN_FIT_SIZE, int(fs * (size - 6) / width))
             font = load_font(font_path, fs)
