@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--score_limit", type=int, default=None, help="first N held-out words for --score_anytext2")
     p.add_argument("--score_sampler_steps", type=int, default=20, help="DDIM steps for --score_anytext2")
+    p.add_argument("--score_guidance", type=float, default=dm.EVAL_GUIDANCE, help="CFG scale for --score_anytext2")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     last = STAGES.index(args.until)
@@ -90,8 +91,9 @@ def main(argv=None) -> int:
         return 0
     if args.score_anytext2:
         scored = dm.score_anytext2_checkpoint(
-            args.work_dir, data, args.score_sampler_steps, args.score_limit, stage=args.score_anytext2
-        )
+            args.work_dir, data, args.score_sampler_steps, args.score_limit, stage=args.score_anytext2,
+            guidance_scale=args.score_guidance,
+        )  # fmt: skip
         print(json.dumps(scored, ensure_ascii=False))
         return 0
     if last >= STAGES.index("vae"):

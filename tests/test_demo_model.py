@@ -185,6 +185,11 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     followed = dm.score_anytext2_checkpoint(work, data, steps=2, limit=2)  # how a running stage is followed
     assert followed["checkpoint"] == "checkpoint-1" and followed["ocr"]["lines"] == 2
     assert {"controlnet", "attnx", "text_embedding", "unet"} == set(followed["components"])
+    assert followed["guidance_scale"] == dm.EVAL_GUIDANCE == 3.0  # the recipe's scale (docs: "Guidance scale")
+    unguided = dm.score_anytext2_checkpoint(work, data, steps=2, limit=1, guidance_scale=1.0)
+    for scale in ("3", "1"):  # each scale's images in their own folder (never reused across scales)
+        assert os.listdir(os.path.join(work, "anytext2", f"eval_checkpoint-1_cfg{scale}")), scale
+    assert unguided["guidance_scale"] == 1.0 and unguided["ocr"]["lines"] == 1
     out = str(tmp_path / "export")
     exported = dm.stage_export(work, trained["pipeline"], out)
     assert not os.path.exists(os.path.join(out, "ocr")) and exported["bytes"] < 20e6

@@ -191,6 +191,9 @@ def test_demo_synthesises_the_demo_models_kind_of_data(tmp_path):
     from anytext2_diffusers.training.loop import _prepare_demo
 
     config = parse_args(["--demo", "--output_dir", str(tmp_path / "demo"), "--demo_samples", "4"])
+    from anytext2_diffusers.demo_model import EVAL_GUIDANCE
+
+    assert config.validation_guidance_scale == EVAL_GUIDANCE  # the grid samples as the recipe's evaluation does
     _prepare_demo(config, SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None))
     latin, chinese, _ = training_pools(config.seed)
     pools = set(latin) | set(chinese)

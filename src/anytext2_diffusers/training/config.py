@@ -321,6 +321,9 @@ DEMO_PRESET = dict(
     num_validation_images=2,
     max_validation_batches=1,
     validation_num_inference_steps=20,  # the evaluation's DDIM steps: the grid shows what the model writes
+    # The demo recipe's evaluation scale (demo_model.EVAL_GUIDANCE): AnyText2's loop never drops the caption, and
+    # the tiny model's words read best at 3 (at 7.5 or the reference's 9 they wash out: docs/demo_model.md).
+    validation_guidance_scale=3.0,
     loss_alpha=0.003,
     loss_beta=0.003,
     mixed_precision="no",
