@@ -130,7 +130,7 @@ def test_default_model_is_the_demo_output_when_present_else_the_shipped_demo_mod
     monkeypatch.chdir(tmp_path)
     assert model.default_model_source() is None
     pipe, source = model.load_pipeline(None)
-    assert demo_model_dir() in source and model.default_size(pipe) == 128
+    assert demo_model_dir() in source and model.default_size(pipe) == 128 and model.default_guidance(pipe) == 3.0
     # the shipped model, not the random tiny stack (4 latent channels, epsilon)
     assert pipe.unet.config.in_channels == LATENT_CHANNELS and pipe.scheduler.config.prediction_type == PREDICTION_TYPE
     tiny_pipeline(0).save_pretrained(tmp_path / model.DEMO_OUTPUT_DIR)

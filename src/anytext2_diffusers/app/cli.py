@@ -47,11 +47,11 @@ def main(argv=None) -> int:
     except ImportError:
         logger.error("the app needs Gradio: pip install 'anytext2-diffusers[app]'")
         return 1
-    from .model import default_size, load_pipeline
+    from .model import default_guidance, default_size, load_pipeline
     from .ui import build_demo
 
     pipe, source = load_pipeline(args.pretrained_model_name_or_path, args.device, args.dtype)
-    demo = build_demo(pipe, source=source, size=default_size(pipe))
+    demo = build_demo(pipe, source=source, size=default_size(pipe), guidance=default_guidance(pipe))
     demo.queue(default_concurrency_limit=1, max_size=args.max_queue_size)
     demo.launch(server_name=args.server_name, server_port=args.server_port, share=args.share)
     return 0

@@ -61,3 +61,12 @@ def default_size(pipe) -> int:
     from ..testing import TINY_CHANNELS
 
     return 128 if tuple(pipe.unet.config.block_out_channels) == TINY_CHANNELS else 512
+
+
+def default_guidance(pipe) -> float:
+    """Default CFG scale: the reference's 7.5 for real models; for the tiny stack the demo recipe's evaluation
+    scale (``demo_model.EVAL_GUIDANCE``, 3), at which the shipped demo model's words read best."""
+    from ..demo_model import EVAL_GUIDANCE
+    from ..testing import TINY_CHANNELS
+
+    return EVAL_GUIDANCE if tuple(pipe.unet.config.block_out_channels) == TINY_CHANNELS else 7.5

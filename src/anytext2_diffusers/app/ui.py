@@ -30,8 +30,9 @@ def _brush(size: int) -> gr.Brush:
     return gr.Brush(default_size=size, colors=[BRUSH_COLOR], default_color=BRUSH_COLOR, color_mode="fixed")
 
 
-def build_demo(pipe, source: str = "", size: int = 512, steps: int = 20) -> gr.Blocks:
-    """The app's ``gr.Blocks`` for ``pipe`` (already loaded); ``size``/``steps`` are the page's defaults."""
+def build_demo(pipe, source: str = "", size: int = 512, steps: int = 20, guidance: float = 7.5) -> gr.Blocks:
+    """The app's ``gr.Blocks`` for ``pipe`` (already loaded); ``size``/``steps``/``guidance`` are the page's
+    defaults."""
 
     def run(req: Request, progress) -> tuple:
         try:
@@ -151,7 +152,7 @@ def build_demo(pipe, source: str = "", size: int = 512, steps: int = 20) -> gr.B
                 with gr.Accordion("Parameters", open=False):
                     with gr.Row():
                         steps_in = gr.Slider(1, 100, value=steps, step=1, label="Steps")
-                        guidance = gr.Slider(1.0, 30.0, value=7.5, step=0.1, label="Guidance scale")
+                        guidance = gr.Slider(1.0, 30.0, value=guidance, step=0.1, label="Guidance scale")
                     with gr.Row():
                         seed = gr.Number(value=-1, precision=0, label="Seed (-1: random)")
                         num_images = gr.Slider(1, 8, value=1, step=1, label="Number of images")
