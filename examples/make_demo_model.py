@@ -1,4 +1,4 @@
-"""Make the embedded demo model: data -> VAE -> UNet -> AnyText2 (the suite's loop) -> focus -> eval -> fp16 export.
+"""Make the embedded demo model: data -> VAE -> UNet -> AnyText2 (the suite's loop) -> focus -> anneal -> export.
 
     python examples/make_demo_model.py --work_dir demo-train            # runs/resumes every stage
     python examples/make_demo_model.py --work_dir demo-train --until vae
@@ -51,6 +51,9 @@ def main(argv=None) -> int:
         default=dm.FOCUS_STEPS,
         help="loop steps on the clean-style images (a cap: a run is ended at checkpoint N with --focus_steps N)",
     )
+    p.add_argument(
+        "--anneal_steps", type=int, default=dm.ANNEAL_STEPS, help="loop steps with the learning rate falling to 0"
+    )
     p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")
     p.add_argument(
         "--export_dir",
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
         "--score_anytext2",
         nargs="?",
         const="anytext2",
-        choices=("anytext2", "focus"),
+        choices=("anytext2", "focus", "anneal"),
         help="only generate and read the held-out words with the latest checkpoint of that loop stage "
         "(default anytext2), then exit",
     )
@@ -110,6 +113,8 @@ def main(argv=None) -> int:
         focus_data = dm.stage_focus_data(args.work_dir, n_train=args.n_train, seed=args.seed + 2)
     if last >= STAGES.index("focus"):
         trained = dm.stage_focus(args.work_dir, data, focus_data, trained, steps=args.focus_steps)
+    if last >= STAGES.index("anneal"):
+        trained = dm.stage_anneal(args.work_dir, data, focus_data, trained, steps=args.anneal_steps)
     if last >= STAGES.index("vae_decoder"):
         dm.stage_vae(args.work_dir, data, **decoder)
     if last >= STAGES.index("eval"):

@@ -177,7 +177,15 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
         assert os.path.basename(ckpt) == "checkpoint-1" and data["heldout_images"] in config.validation_data
         saved = AnyText2ControlNetModel.from_pretrained(os.path.join(ckpt, "controlnet")).state_dict()
         assert all(torch.equal(saved[k], w) for k, w in parts["controlnet"].state_dict().items())
-    trained = focused
+    # The anneal stage runs the loop on from the focus pipeline with the learning rate falling to 0.
+    annealed = dm.stage_anneal(work, data, focus_data, focused, steps=2, extra_args=one_quick_step)
+    assert f"--pretrained_model_name_or_path {focused['pipeline']}" in annealed["command"]
+    assert f"--train_data {focus_data['train']}" in annealed["command"]
+    assert f"--learning_rate {dm.ANNEAL_LR} --lr_scheduler linear" in annealed["command"]
+    assert annealed["pipeline"] == os.path.join(work, "anneal")
+    with open(os.path.join(work, "anneal", "checkpoint-2", "training_state.json"), encoding="utf-8") as f:
+        assert json.load(f)["global_step"] == 2
+    trained = annealed
     decoder = dm.stage_vae(work, data, steps=1, stage="vae_decoder")
     assert decoder["config"]["train_encoder"] is False and decoder["seed"] == 1
     scored = dm.stage_eval(work, data, trained["pipeline"], steps=2, limit=2)

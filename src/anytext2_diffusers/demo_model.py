@@ -11,7 +11,8 @@ Stages, each resumable and skipped once its ``done.json`` exists in the work fol
 4. ``init``: a fresh AnyText2 pipeline folder: that VAE + that UNet + WriteNet copied from its encoder,
    new AttnX and text embedding (font branch reading with the glyph recognizer);
 5. ``anytext2``: the suite's own training loop on it (``anytext2_diffusers.training.main``, resumed
-   from its latest checkpoint);
+   from its latest checkpoint); then ``focus_data`` + ``focus``: the same loop on clean-style images, and
+   ``anneal``: the same again with the learning rate falling to 0;
 6. ``vae_decoder``: the VAE's decoder trained further with its encoder frozen, so the latents the
    ``anytext2`` stage learned stay valid (needs only ``vae``: it can run beside ``anytext2``); the
    ``eval`` and ``export`` stages use this decoder;
@@ -36,7 +37,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 # The recipe's stage folders, in order (``examples/make_demo_model.py --until`` takes these names).
-STAGES = ("data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "vae_decoder", "eval", "export")
+STAGES = (
+    "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "eval", "export"
+)  # fmt: skip
 RESOLUTION = 128
 # The recipe VAE's latent channels: at 128 px a 4-channel latent (SD's) cannot carry the letters (even the
 # best linear 8 x 8-patch code of 4 channels reads no held-out Latin word; 16 channels read 0.63 of them,
@@ -59,6 +62,9 @@ NECK_CACHE_ENTRIES = 50000
 # Loop steps of the anytext2 stage (on the varied images): where the run behind the demo model moved on to
 # the focus stage; and the focus stage's cap (a run is ended at checkpoint N with steps N).
 ANYTEXT2_STEPS, FOCUS_STEPS = 6526, 20000
+# The anneal stage: loop steps, and the learning rate that falls linearly from there to 0 (a third of the focus
+# stage's constant 3e-4).
+ANNEAL_STEPS, ANNEAL_LR = 2000, 1e-4
 # Classifier-free guidance scale of the recipe's evaluation (eval stage, learning check, checkpoint scores). Not
 # SD's 7.5: AnyText2's loop never drops the caption, so the unconditional branch (negative prompt, empty text
 # caption) is one the model was not trained on, and a large scale pushes the image away from it. On the focus
@@ -425,6 +431,20 @@ def stage_focus(
     return _run_loop_stage(work, "focus", args + list(extra_args), steps)
 
 
+def stage_anneal(
+    work: str, data: dict, focus_data: dict, focused: dict, steps: int = ANNEAL_STEPS, extra_args=()
+) -> dict:
+    """The focus stage's loop run on from its pipeline (``focused``) with the learning rate falling linearly
+    from ``ANNEAL_LR`` to 0 over ``steps`` (a fresh optimizer): at the constant 3e-4 the weights keep moving
+    and the words read differently from one checkpoint to the next (docs/demo_model.md, "The anneal stage")."""
+    done = _done(work, "anneal")
+    if done:
+        return done
+    args = anytext2_args(work, data, steps, {"pipeline": focused["pipeline"]}, "anneal", focus_data["train"])
+    args += ["--learning_rate", str(ANNEAL_LR), "--lr_scheduler", "linear", "--lr_warmup_steps", "0"]
+    return _run_loop_stage(work, "anneal", args + list(extra_args), steps)
+
+
 # --- 6. vae_decoder (stage_vae with stage="vae_decoder") -------------------------------------------
 def use_final_decoder(work: str, pipe) -> str:
     """Put the ``vae_decoder`` stage's VAE (if that stage is done) into ``pipe``; returns which VAE it has.
@@ -606,7 +626,7 @@ def learning_check(
     bench = data["heldout_words"]
     before = generate_and_score(pipe, bench, os.path.join(root, "before"), eval_steps, reader=reader, limit=limit)
     focus_data = _done(work, "focus_data")
-    images = focus_data["train"] if _done(work, "focus") and focus_data else None
+    images = focus_data["train"] if (_done(work, "focus") or _done(work, "anneal")) and focus_data else None
     args = anytext2_args(work, data, steps, dict(pipeline=start_dir), train_data=images)
     args += ["--output_dir", run_dir, *extra_args]
     started = time.perf_counter()
@@ -657,7 +677,7 @@ def checkpoint_components(ckpt: str) -> dict:
 
 
 def latest_anytext2_checkpoint(work: str, stage: str = "anytext2") -> str:
-    """The newest complete loop checkpoint of a loop stage (``anytext2`` or ``focus``)."""
+    """The newest complete loop checkpoint of a loop stage (``anytext2``, ``focus`` or ``anneal``)."""
     from .training.checkpointing import latest_checkpoint
 
     ckpt = latest_checkpoint(os.path.join(work, stage))
