@@ -337,3 +337,17 @@ def test_clean_from_prediction_inverts_the_noising_for_the_exact_target(predicti
         # float32 rounding of the noising and its inverse: at t = 950 x0 = (x_t - ...) / sqrt(alpha) with
         # sqrt(alpha) ~ 0.08 scales ~1e-7 errors by ~12; 1e-4 leaves a margin of ~50x over that
         assert torch.allclose(clean, latents, atol=1e-4), (prediction_type, t)
+
+
+def test_logged_wall_seconds_sums_each_runs_span_from_the_tensorboard_logs(tmp_path):
+    """The model card's training time of a loop stage resumed across sessions: each run's first-to-last
+    logged step, summed (the gap between the runs is not training)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert dm.logged_wall_seconds(str(tmp_path)) is None
+    for run, (start, end) in enumerate(((1000.0, 1100.0), (5000.0, 5030.5))):
+        with SummaryWriter(str(tmp_path / f"run{run}")) as writer:
+            writer.add_scalar("t/loss", 1.0, 1, walltime=start)
+            writer.add_scalar("t/loss", 0.5, 2, walltime=(start + end) / 2)
+            writer.add_scalar("t/loss", 0.2, 3, walltime=end)
+    assert dm.logged_wall_seconds(str(tmp_path)) == 130.5

@@ -16,7 +16,7 @@ import torch
 from anytext2_diffusers import demo_model
 
 # One place to tune once the shipped model is final: words, box, sampler steps, CFG, seed.
-WORDS = ("lemon", "CAFE")  # held-out words (data.demo_words.HELDOUT_LATIN): a 5-letter and a 4-letter one
+WORDS = ("PARK", "winter")  # held-out words (data.demo_words.HELDOUT_LATIN): a 4-letter and a 6-letter one
 RESOLUTION = demo_model.RESOLUTION  # 128
 # The eval stage's box on the evaluation's 512 px canvas: x 8..120, y 40..88 at 128 px.
 BOX_512 = demo_model.HELDOUT_BOX

@@ -511,9 +511,30 @@ def stage_eval(work: str, data: dict, pipeline_dir: str, steps: int = 20, limit:
 
 
 # --- 8. export ------------------------------------------------------------------------------------
+def logged_wall_seconds(log_dir: str) -> float | None:
+    """Wall seconds a loop stage trained, from its TensorBoard logs: per run (event file), the time from its
+    first logged step to its last, summed over the runs that resumed it (pauses inside a run count; the time
+    between runs does not). None without logs. The stage record's own ``wall_s_this_session`` covers only the
+    last resumption."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    total, found = 0.0, False
+    for path in glob.glob(os.path.join(log_dir, "**", "events.out.tfevents.*"), recursive=True):
+        times = [e.wall_time for e in EventFileLoader(path).Load() if e.HasField("summary")]
+        if times:
+            total, found = total + max(times) - min(times), True
+    return round(total, 1) if found else None
+
+
 def model_card(work: str) -> str:
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         recipe = json.load(f)
+    for record in recipe:  # the loop stages' training time over every session that resumed them
+        logs = os.path.join(work, record["stage"], "logs")
+        if "command" in record and os.path.isdir(logs):
+            record["logged_wall_s"] = logged_wall_seconds(logs)
     lines = [
         # Hub metadata: trained from scratch here (no SD1.5 weights), so the weights carry the code's licence, and
         # runs fine-tuned from them (``--demo``) read it from this card (``training.hub.card_license``).
