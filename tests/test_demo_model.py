@@ -218,7 +218,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
         assert {k: v for k, v in loaded.items() if k != drop} == {k: v for k, v in saved.items() if k != drop}
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in json.load(f)] == [
-            "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "vae_decoder", "eval", "export"
+            "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "eval", "export"
         ]  # fmt: skip
     from diffusers import AutoencoderKL
 

@@ -552,9 +552,14 @@ def model_card(work: str) -> str:
         "Trained from scratch by anytext2-diffusers' `examples/make_demo_model.py` on synthetic AnyWord-format",
         "data; the PP-OCRv3 recognizer is not included (`demo_pipeline()` converts the one rapidocr-onnxruntime",
         "ships). Stages, as run (commands, steps, seeds, wall times; paths relative to the recipe's work folder,",
-        "where some stages may have run in an earlier folder of the same layout and been copied in):",
+        "where some stages may have run in an earlier folder of the same layout and been copied in).",
         "",
     ]
+    steps = {r["stage"]: r["steps"] for r in recipe if "steps" in r}
+    if "focus" in steps:  # the loop stages' lengths that differ from the script's caps and defaults
+        args = [f"--{stage}_steps {steps[stage]}" for stage in ("anytext2", "focus", "anneal") if stage in steps]
+        lines += ["Reproduce (CPU; every stage resumes when run again):", "", "```bash"]
+        lines += [f"python examples/make_demo_model.py --work_dir demo-train {' '.join(args)}", "```", ""]
     for record in recipe:
         lines += [f"## {record['stage']}", "", "```json", json.dumps(record, ensure_ascii=False, indent=1), "```", ""]
     # The card ships with the model: the maker's folders are written as the names a reader reproduces them with.
@@ -564,13 +569,15 @@ def model_card(work: str) -> str:
     return portable_paths(card.replace(os.path.abspath(work), "<work_dir>"))
 
 
-_STAGE_PATH = re.compile(r'"/[^"]*?/(' + "|".join(STAGES) + r')((?:/[^"]*)?)"')
+# An absolute path into a stage folder: a JSON string of its own, or a word of a recorded command line.
+_STAGE_PATH = re.compile(r'(?<=["\s])/[^"\s]*?/(' + "|".join(STAGES) + r')((?:/[^"\s]*)?)(?=["\s])')
 
 
 def portable_paths(text: str) -> str:
     """Absolute paths into a stage folder of *another* work folder (a stage finished in an earlier work folder
-    and copied in, as every folder has the same layout) written as ``<work_dir>/<stage>/...``."""
-    return _STAGE_PATH.sub(lambda m: f'"<work_dir>/{m.group(1)}{m.group(2)}"', text)
+    and copied in, as every folder has the same layout) written as ``<work_dir>/<stage>/...``, also inside
+    the recorded commands."""
+    return _STAGE_PATH.sub(lambda m: f"<work_dir>/{m.group(1)}{m.group(2)}", text)
 
 
 def drop_source_paths(folder: str) -> list[str]:
