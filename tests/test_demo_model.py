@@ -234,6 +234,8 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     check = dm.learning_check(work, data, trained["pipeline"], steps=1, eval_steps=2, limit=2, extra_args=fast)
     assert check["before"]["lines"] == check["after"]["lines"] == 2
     root = os.path.join(work, "learning_check")
+    run_dir = os.path.join(root, "run")  # one output folder on the command line
+    assert check["command"].count("--output_dir") == 1 and f"--output_dir {run_dir} " in check["command"]
     zero_convs = ("controlnet_down_blocks.", "controlnet_mid_block.")
 
     def writenet_out(folder):

@@ -655,8 +655,8 @@ def learning_check(
     before = generate_and_score(pipe, bench, os.path.join(root, "before"), eval_steps, reader=reader, limit=limit)
     focus_data = _done(work, "focus_data")
     images = focus_data["train"] if (_done(work, "focus") or _done(work, "anneal")) and focus_data else None
-    args = anytext2_args(work, data, steps, dict(pipeline=start_dir), train_data=images)
-    args += ["--output_dir", run_dir, *extra_args]
+    stage = os.path.relpath(run_dir, work)  # the loop's output folder: <work>/learning_check/run
+    args = anytext2_args(work, data, steps, dict(pipeline=start_dir), stage, images) + list(extra_args)
     started = time.perf_counter()
     if train_main(args) != 0:
         raise RuntimeError("the learning-check training run failed")
