@@ -59,7 +59,12 @@ def main() -> None:
     p.add_argument("--skip_vae", action="store_true", help="time the loop only")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = dm.stage_data(tmp, n_train=32, n_heldout=2)
+        if args.skip_vae:  # the recipe's VAE, untrained, as bench_demo_step.py builds it
+            from bench_demo_step import make_work
+
+            data, init = make_work(tmp, 32)
+        else:
+            data = dm.stage_data(tmp, n_train=32, n_heldout=2)
         if args.resolution != dm.RESOLUTION:
             from anytext2_diffusers.data import make_demo_data
 
@@ -67,20 +72,11 @@ def main() -> None:
         out = dict(threads=torch.get_num_threads(), resolution=args.resolution)
         if torch.cuda.is_available():
             out["device"] = torch.cuda.get_device_name()
-        if args.skip_vae:  # the recipe's VAE, untrained (as bench_demo_step.py builds it)
-            from diffusers import AutoencoderKL
-
-            from anytext2_diffusers.training.vae import vae_config
-
-            torch.manual_seed(0)
-            AutoencoderKL(**vae_config(dm.vae_config_for(tmp, data, steps=1))).save_pretrained(
-                os.path.join(tmp, "vae", "vae")
-            )
-        else:
+        if not args.skip_vae:
             images = torch.randint(0, 256, (32, 3, 128, 128), dtype=torch.uint8)
             vae_s = vae_step(images, args.steps, tmp)
             out.update(vae_cpu_s_per_step=round(vae_s, 3), vae_stage_cpu_h=round(vae_s * args.vae_steps / 3600, 2))
-        init = dm.stage_init(tmp, data)
+            init = dm.stage_init(tmp, data)
         short = loop_time(tmp, data, init, args.steps, "a", args.resolution)
         long = loop_time(tmp, data, init, 2 * args.steps, "b", args.resolution)
     loop_cpu, loop_wall = ((b - a) / args.steps for a, b in zip(short, long))

@@ -424,11 +424,17 @@ def stage_focus(
     """The loop run on from the anytext2 stage's pipeline (``trained``) on the clean-style images, with the
     anytext2 stage's options (a fresh optimizer): letters are most of what is left to predict there, so the
     glyph conditioning gets the gradient (docs/demo_model.md, "The focus stage")."""
-    done = _done(work, "focus")
+    return _clean_images_stage(work, "focus", data, focus_data, trained, steps, list(extra_args))
+
+
+def _clean_images_stage(work: str, stage: str, data: dict, focus_data: dict, source: dict, steps: int, extra):
+    """The recipe's loop command run on from ``source``'s pipeline on the clean-style images (a fresh
+    optimizer), output ``<work>/<stage>``; skipped once done."""
+    done = _done(work, stage)
     if done:
         return done
-    args = anytext2_args(work, data, steps, {"pipeline": trained["pipeline"]}, "focus", focus_data["train"])
-    return _run_loop_stage(work, "focus", args + list(extra_args), steps)
+    args = anytext2_args(work, data, steps, {"pipeline": source["pipeline"]}, stage, focus_data["train"])
+    return _run_loop_stage(work, stage, args + extra, steps)
 
 
 def stage_anneal(
@@ -437,12 +443,8 @@ def stage_anneal(
     """The focus stage's loop run on from its pipeline (``focused``) with the learning rate falling linearly
     from ``ANNEAL_LR`` to 0 over ``steps`` (a fresh optimizer): at the constant 3e-4 the weights keep moving
     and the words read differently from one checkpoint to the next (docs/demo_model.md, "The anneal stage")."""
-    done = _done(work, "anneal")
-    if done:
-        return done
-    args = anytext2_args(work, data, steps, {"pipeline": focused["pipeline"]}, "anneal", focus_data["train"])
-    args += ["--learning_rate", str(ANNEAL_LR), "--lr_scheduler", "linear", "--lr_warmup_steps", "0"]
-    return _run_loop_stage(work, "anneal", args + list(extra_args), steps)
+    schedule = ["--learning_rate", str(ANNEAL_LR), "--lr_scheduler", "linear", "--lr_warmup_steps", "0"]
+    return _clean_images_stage(work, "anneal", data, focus_data, focused, steps, schedule + list(extra_args))
 
 
 # --- 6. vae_decoder (stage_vae with stage="vae_decoder") -------------------------------------------
@@ -654,7 +656,7 @@ def learning_check(
     bench = data["heldout_words"]
     before = generate_and_score(pipe, bench, os.path.join(root, "before"), eval_steps, reader=reader, limit=limit)
     focus_data = _done(work, "focus_data")
-    images = focus_data["train"] if (_done(work, "focus") or _done(work, "anneal")) and focus_data else None
+    images = focus_data["train"] if _done(work, "focus") and focus_data else None
     stage = os.path.relpath(run_dir, work)  # the loop's output folder: <work>/learning_check/run
     args = anytext2_args(work, data, steps, dict(pipeline=start_dir), stage, images) + list(extra_args)
     started = time.perf_counter()

@@ -55,18 +55,22 @@ def load_pipeline(pretrained_model_name_or_path: str | None = None, device: str 
     return pipe, source
 
 
+def _is_tiny_stack(pipe) -> bool:
+    """The tiny UNet of ``testing`` (random, the shipped demo model or a fine-tune of it), not an SD1.5 one."""
+    from ..testing import TINY_CHANNELS
+
+    return tuple(pipe.unet.config.block_out_channels) == TINY_CHANNELS
+
+
 def default_size(pipe) -> int:
     """Default canvas side: 512 (SD1.5) for real models; 128 for the tiny stack (the shipped demo model and the
     README demo's fine-tune of it were trained at 128 px, and random tiny weights draw no better larger)."""
-    from ..testing import TINY_CHANNELS
-
-    return 128 if tuple(pipe.unet.config.block_out_channels) == TINY_CHANNELS else 512
+    return 128 if _is_tiny_stack(pipe) else 512
 
 
 def default_guidance(pipe) -> float:
     """Default CFG scale: the reference's 7.5 for real models; for the tiny stack the demo recipe's evaluation
     scale (``demo_model.EVAL_GUIDANCE``, 3), at which the shipped demo model's words read best."""
     from ..demo_model import EVAL_GUIDANCE
-    from ..testing import TINY_CHANNELS
 
-    return EVAL_GUIDANCE if tuple(pipe.unet.config.block_out_channels) == TINY_CHANNELS else 7.5
+    return EVAL_GUIDANCE if _is_tiny_stack(pipe) else 7.5
