@@ -1,4 +1,4 @@
-"""Make the embedded demo model: data -> VAE -> UNet -> AnyText2 (the suite's loop) -> focus -> anneal -> export.
+"""Make the embedded demo model: data -> VAE -> UNet -> AnyText2 (the suite's loop) -> focus -> anneal -> OCR -> export.
 
     python examples/make_demo_model.py --work_dir demo-train            # runs/resumes every stage
     python examples/make_demo_model.py --work_dir demo-train --until vae
@@ -7,6 +7,8 @@
     python examples/make_demo_model.py --work_dir demo-train --score_vae vae_decoder
     python examples/make_demo_model.py --work_dir demo-train --score_anytext2  # held-out words, latest loop checkpoint
     python examples/make_demo_model.py --work_dir demo-train --score_anytext2 focus  # ... of the focus stage
+    # go on from the shipped model (its card stands for every stage up to vae_decoder): the ocr stage, eval, export
+    python examples/make_demo_model.py --work_dir demo-train --start_from src/anytext2_diffusers/assets/demo_model
 
 Each stage is skipped once done and resumes from its checkpoints when interrupted, so the recipe can be
 run again (in another session) until it finishes; ``recipe.json`` in the work folder records what ran
@@ -56,6 +58,15 @@ def main(argv=None) -> int:
     )
     p.add_argument("--vae_decoder_steps", type=int, default=4000, help="decoder-only VAE steps (encoder frozen)")
     p.add_argument(
+        "--ocr_steps", type=int, default=dm.OCR_STEPS, help="loop steps with the OCR losses on (0: skip the stage)"
+    )
+    p.add_argument(
+        "--start_from",
+        default=None,
+        help="an exported demo model folder taken as the result of every stage up to vae_decoder (its card's "
+        "records are copied); the recipe goes on from it",
+    )
+    p.add_argument(
         "--export_dir",
         default=None,
         help="fp16 folder written by the export stage (default: the package's assets/demo_model, "
@@ -72,7 +83,7 @@ def main(argv=None) -> int:
         "--score_anytext2",
         nargs="?",
         const="anytext2",
-        choices=("anytext2", "focus", "anneal"),
+        choices=("anytext2", "focus", "anneal", "ocr"),
         help="only generate and read the held-out words with the latest checkpoint of that loop stage "
         "(default anytext2), then exit",
     )
@@ -84,6 +95,8 @@ def main(argv=None) -> int:
     last = STAGES.index(args.until)
 
     data = dm.stage_data(args.work_dir, n_train=args.n_train, seed=args.seed)
+    if args.start_from:
+        dm.stage_start_from(args.work_dir, args.start_from)
     if args.score_vae:
         print(json.dumps(dm.score_vae_checkpoint(args.work_dir, data, args.score_vae), ensure_ascii=False))
         return 0
@@ -117,6 +130,8 @@ def main(argv=None) -> int:
         trained = dm.stage_anneal(args.work_dir, data, focus_data, trained, steps=args.anneal_steps)
     if last >= STAGES.index("vae_decoder"):
         dm.stage_vae(args.work_dir, data, **decoder)
+    if last >= STAGES.index("ocr") and args.ocr_steps > 0:
+        trained = dm.stage_ocr(args.work_dir, data, focus_data, trained, steps=args.ocr_steps)
     if last >= STAGES.index("eval"):
         print(json.dumps(dm.stage_eval(args.work_dir, data, trained["pipeline"]), ensure_ascii=False))
     if last >= STAGES.index("export"):

@@ -185,9 +185,20 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert annealed["pipeline"] == os.path.join(work, "anneal")
     with open(os.path.join(work, "anneal", "checkpoint-2", "training_state.json"), encoding="utf-8") as f:
         assert json.load(f)["global_step"] == 2
-    trained = annealed
     decoder = dm.stage_vae(work, data, steps=1, stage="vae_decoder")
     assert decoder["config"]["train_encoder"] is False and decoder["seed"] == 1
+    # The ocr stage: the loop on from the anneal pipeline with the tuned decoder put in, OCR losses on.
+    trained = dm.stage_ocr(work, data, focus_data, annealed, steps=1, extra_args=one_quick_step)
+    assert f"--pretrained_model_name_or_path {os.path.join(work, 'ocr_source')}" in trained["command"]
+    weight = dm.OCR_LOSS_WEIGHT
+    assert f"--loss_alpha {weight} --loss_beta {weight}" in trained["command"]
+    assert f"--learning_rate {dm.OCR_LR} --lr_scheduler linear" in trained["command"]
+    from diffusers import AutoencoderKL
+
+    source_vae = AutoencoderKL.from_pretrained(os.path.join(work, "ocr_source", "vae")).state_dict()
+    tuned_vae = AutoencoderKL.from_pretrained(os.path.join(work, "vae_decoder", "vae")).state_dict()
+    assert all(torch.equal(source_vae[n], tuned_vae[n]) for n in tuned_vae)  # the OCR losses read the tuned decoder
+    assert dm.score_anytext2_checkpoint(work, data, steps=2, limit=1, stage="ocr")["checkpoint"] == "checkpoint-1"
     scored = dm.stage_eval(work, data, trained["pipeline"], steps=2, limit=2)
     assert scored["ocr"]["lines"] == 2 and scored["vae"] == "vae_decoder"
     followed = dm.score_anytext2_checkpoint(work, data, steps=2, limit=2)  # how a running stage is followed
@@ -218,16 +229,37 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
         assert {k: v for k, v in loaded.items() if k != drop} == {k: v for k, v in saved.items() if k != drop}
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in json.load(f)] == [
-            "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "eval", "export"
+            "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "ocr", "eval",
+            "export",
         ]  # fmt: skip
-    from diffusers import AutoencoderKL
-
     shipped = AutoencoderKL.from_pretrained(os.path.join(out, "vae")).state_dict()
     tuned = AutoencoderKL.from_pretrained(os.path.join(work, "vae_decoder", "vae")).state_dict()
     assert all(torch.equal(shipped[n], tuned[n].half()) for n in tuned)  # the export ships the tuned decoder
     assert AutoencoderKL.from_pretrained(os.path.join(out, "vae")).config.scaling_factor == init["vae_scaling_factor"]
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "anytext2-train --pretrained_model_name_or_path" in card and '"seed": 0' in card
+    assert "--anneal_steps 2 --ocr_steps 1" in card
+    with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
+        assert [r["stage"] for r in dm.records_from_card(card)] == [r["stage"] for r in json.load(f)]
+
+    # Going on from the export: its card stands for every stage up to vae_decoder, its folder for their result.
+    work2 = str(tmp_path / "work2")
+    data2 = dm.stage_data(work2, n_train=6, n_heldout=4)
+    taken = dm.stage_start_from(work2, out)
+    copy = os.path.join(work2, "start_from")
+    assert taken["pipeline"] == copy and taken["taken_from"] == copy and taken["steps"] == 2
+    assert dm.stage_vae(work2, data2, steps=99)["wall_s"] == vae["wall_s"]  # a taken stage is not run again
+    assert dm.stage_vae(work2, data2, steps=99, stage="vae_decoder")["in_pipeline"] is True
+    focus_data2 = dm.stage_focus_data(work2, n_train=4)
+    went_on = dm.stage_ocr(work2, data2, focus_data2, taken, steps=1, extra_args=one_quick_step)
+    assert f"--pretrained_model_name_or_path {copy}" in went_on["command"]  # its VAE has the tuned decoder
+    out2 = str(tmp_path / "export2")
+    dm.stage_export(work2, went_on["pipeline"], out2)
+    card2 = open(os.path.join(out2, "README.md"), encoding="utf-8").read()
+    assert '"taken_from": "<work_dir>/start_from"' in card2 and "`--start_from`" in card2
+    assert "--ocr_steps 1" in card2 and work2 not in card2  # (the export's own out_dir is outside it)
+    with pytest.raises(ValueError, match="no record of the stages"):
+        dm.stage_start_from(str(tmp_path / "work3"), str(tmp_path / "work2" / "ocr"))
     assert dm.stage_vae(work, data, steps=99) == vae  # a finished stage is skipped, not re-run
 
     fast = ["--train_batch_size", "2", "--validation_num_inference_steps", "2", "--report_to", "none"]

@@ -15,12 +15,16 @@ Stages, each resumable and skipped once its ``done.json`` exists in the work fol
    ``anneal``: the same again with the learning rate falling to 0;
 6. ``vae_decoder``: the VAE's decoder trained further with its encoder frozen, so the latents the
    ``anytext2`` stage learned stay valid (needs only ``vae``: it can run beside ``anytext2``); the
-   ``eval`` and ``export`` stages use this decoder;
+   ``ocr``, ``eval`` and ``export`` stages use this decoder; ``ocr``: the loop on the clean-style images
+   with AnyText2's OCR losses on (perceptual + CTC through that decoder and the PP-OCRv3 recognizer) and
+   the learning rate falling to 0;
 7. ``eval``: generate each held-out word at a fixed box and read it back with the OCR evaluation;
 8. ``export``: fp16 safetensors without the PP-OCRv3 recognizer (``demo_pipeline`` converts the one
    rapidocr ships at load time) and a model card with the commands, steps, seeds and wall times.
 
-Every stage appends what it ran to ``recipe.json``, which the model card reproduces.
+Every stage appends what it ran to ``recipe.json``, which the model card reproduces. ``stage_start_from``
+takes an exported model (the package's) as the result of every stage up to ``vae_decoder``, so a session
+can go on from the shipped model when the work folder that made it is gone.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 # The recipe's stage folders, in order (``examples/make_demo_model.py --until`` takes these names).
 STAGES = (
-    "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "eval", "export"
+    "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "ocr", "eval",
+    "export",
 )  # fmt: skip
 RESOLUTION = 128
 # The recipe VAE's latent channels: at 128 px a 4-channel latent (SD's) cannot carry the letters (even the
@@ -65,6 +70,10 @@ ANYTEXT2_STEPS, FOCUS_STEPS = 6526, 20000
 # The anneal stage: loop steps, and the learning rate that falls linearly from there to 0 (a third of the focus
 # stage's constant 3e-4).
 ANNEAL_STEPS, ANNEAL_LR = 2000, 1e-4
+# The ocr stage: loop steps, the learning rate that falls linearly from there to 0, and the weight of both OCR
+# losses (``--loss_alpha`` perceptual, ``--loss_beta`` CTC). 10x the paper's 0.003: on the tiny model at
+# 0.003 the OCR terms were ~1 % of the diffusion loss (docs/demo_model.md, "The ocr stage").
+OCR_STEPS, OCR_LR, OCR_LOSS_WEIGHT = 1500, 1e-4, 0.03
 # Classifier-free guidance scale of the recipe's evaluation (eval stage, learning check, checkpoint scores). Not
 # SD's 7.5: AnyText2's loop never drops the caption, so the unconditional branch (negative prompt, empty text
 # caption) is one the model was not trained on, and a large scale pushes the image away from it. On the focus
@@ -447,14 +456,101 @@ def stage_anneal(
     return _clean_images_stage(work, "anneal", data, focus_data, focused, steps, schedule + list(extra_args))
 
 
+def stage_ocr(work: str, data: dict, focus_data: dict, annealed: dict, steps: int = OCR_STEPS, extra_args=()) -> dict:
+    """The loop run on from the anneal stage's pipeline (``annealed``, with the ``vae_decoder`` stage's VAE put
+    in: the OCR losses read what that decoder draws) on the clean-style images, with AnyText2's OCR
+    perceptual and CTC losses at ``OCR_LOSS_WEIGHT`` and the learning rate falling linearly from ``OCR_LR`` to
+    0 (a fresh optimizer): a gradient towards what the recognizer reads, not only towards the pixels."""
+    if _done(work, "ocr"):
+        return _done(work, "ocr")
+    source = annealed["pipeline"]
+    decoder = _done(work, "vae_decoder")
+    if decoder and not decoder.get("in_pipeline"):
+        source = os.path.join(work, "ocr_source")
+        if not os.path.isfile(os.path.join(source, "model_index.json")):
+            pipe = load_recipe_pipeline(annealed["pipeline"])
+            use_final_decoder(work, pipe)
+            pipe.save_pretrained(source, safe_serialization=True)
+    weight = str(OCR_LOSS_WEIGHT)
+    schedule = ["--learning_rate", str(OCR_LR), "--lr_scheduler", "linear", "--lr_warmup_steps", "0"]
+    losses = ["--loss_alpha", weight, "--loss_beta", weight]
+    extra = schedule + losses + list(extra_args)
+    return _clean_images_stage(work, "ocr", data, focus_data, {"pipeline": source}, steps, extra)
+
+
+def load_recipe_pipeline(folder: str):
+    """A recipe pipeline folder in float32 on the CPU; an exported one (no ``ocr`` folder) gets rapidocr's
+    PP-OCRv3 recognizer, as ``demo_pipeline`` does."""
+    from .evaluation.generate import load_pipeline
+
+    if os.path.isdir(os.path.join(folder, "ocr")):
+        return load_pipeline(folder, "no", "cpu")
+    from .pipelines import AnyText2Pipeline
+    from .testing import rapidocr_recognizer
+
+    pipe = AnyText2Pipeline.from_pretrained(folder, ocr=rapidocr_recognizer(), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# The stages an exported model stands for (``stage_start_from``): every one its card records up to vae_decoder.
+_TAKEN_STAGES = ("vae", "unet", "init", "anytext2", "focus", "anneal", "vae_decoder")
+
+
+def records_from_card(card: str) -> list[dict]:
+    """The stage records a model card was written from (``model_card``: one ``## <stage>`` heading and one
+    JSON block each), in order."""
+    found = re.findall(r"^## (\w+)\n\n```json\n(.*?)\n```$", card, flags=re.M | re.S)
+    records = [json.loads(body) for _, body in found]
+    for (heading, _), record in zip(found, records):
+        if record.get("stage") != heading:
+            raise ValueError(f"model card: the record under '## {heading}' is for stage {record.get('stage')!r}")
+    return records
+
+
+def stage_start_from(work: str, exported: str) -> dict:
+    """Take an exported demo model (``exported``, e.g. ``testing.demo_model_dir()``) as the result of the stages
+    up to ``vae_decoder``: it is copied to ``<work>/start_from`` (the next export may overwrite the package's
+    folder), and the records of those stages are read from its card and marked ``taken_from``; the anneal
+    stage's pipeline is the copy, whose VAE already has the tuned decoder. The data stages still run here
+    (they are seeded, so they draw the same images). Returns the anneal record."""
+    import shutil
+
+    copy = os.path.join(work, "start_from")
+    if not _done(work, "anneal"):
+        card_path = os.path.join(exported, "README.md")
+        if not os.path.isfile(card_path):
+            raise FileNotFoundError(f"{card_path}: an exported demo model has a model card with its stage records")
+        with open(card_path, encoding="utf-8") as f:
+            records = {r["stage"]: r for r in records_from_card(f.read())}
+        missing = [stage for stage in _TAKEN_STAGES if stage not in records]
+        if missing:
+            raise ValueError(f"{card_path}: no record of the stages {missing}; it is not a complete demo model")
+        if os.path.isdir(copy):
+            shutil.rmtree(copy)
+        shutil.copytree(exported, copy)
+        for stage in _TAKEN_STAGES:
+            record = {k: v for k, v in records[stage].items() if k != "stage"}
+            record["taken_from"] = copy
+            if stage == "anneal":
+                record["pipeline"] = copy
+            if stage == "vae_decoder":
+                record["in_pipeline"] = True
+            _finish(work, stage, record)
+    return _done(work, "anneal")
+
+
 # --- 6. vae_decoder (stage_vae with stage="vae_decoder") -------------------------------------------
 def use_final_decoder(work: str, pipe) -> str:
     """Put the ``vae_decoder`` stage's VAE (if that stage is done) into ``pipe``; returns which VAE it has.
 
     Its encoder must be the pipeline's, weight for weight (the latents the UNet learned); the pipeline's
     ``scaling_factor`` (set by ``init``) is kept."""
-    if not _done(work, "vae_decoder"):
+    decoder = _done(work, "vae_decoder")
+    if not decoder:
         return "vae"
+    if decoder.get("in_pipeline"):  # taken from an exported model (``stage_start_from``): already its VAE
+        return "vae_decoder"
     from diffusers import AutoencoderKL
 
     folder = os.path.join(work, "vae_decoder", "vae")
@@ -501,9 +597,7 @@ def stage_eval(work: str, data: dict, pipeline_dir: str, steps: int = 20, limit:
     done = _done(work, "eval")
     if done:
         return done
-    from .evaluation.generate import load_pipeline
-
-    pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    pipe = load_recipe_pipeline(pipeline_dir)
     vae = use_final_decoder(work, pipe)
     start = time.perf_counter()
     images = os.path.join(work, "eval", "images")
@@ -559,9 +653,18 @@ def model_card(work: str) -> str:
     ]
     steps = {r["stage"]: r["steps"] for r in recipe if "steps" in r}
     if "focus" in steps:  # the loop stages' lengths that differ from the script's caps and defaults
-        args = [f"--{stage}_steps {steps[stage]}" for stage in ("anytext2", "focus", "anneal") if stage in steps]
+        stages = ("anytext2", "focus", "anneal", "ocr")
+        args = [f"--{stage}_steps {steps[stage]}" for stage in stages if stage in steps]
+        if "ocr" not in steps:
+            args.append("--ocr_steps 0")
         lines += ["Reproduce (CPU; every stage resumes when run again):", "", "```bash"]
         lines += [f"python examples/make_demo_model.py --work_dir demo-train {' '.join(args)}", "```", ""]
+    if any("taken_from" in r for r in recipe):
+        lines += [
+            "The records marked `taken_from` were copied from the card of the exported (float16) model in that",
+            "folder (`--start_from`); the stages after them started from its weights, upcast to float32.",
+            "",
+        ]
     for record in recipe:
         lines += [f"## {record['stage']}", "", "```json", json.dumps(record, ensure_ascii=False, indent=1), "```", ""]
     # The card ships with the model: the maker's folders are written as the names a reader reproduces them with.
@@ -609,14 +712,13 @@ def stage_export(work: str, pipeline_dir: str, out_dir: str | None = None) -> di
     loads). ``model_index.json`` still names ``ocr``: load with ``from_pretrained(out_dir, ocr=recognizer)``."""
     import shutil
 
-    from .evaluation.generate import load_pipeline
     from .testing import demo_model_dir
 
     out_dir = out_dir or demo_model_dir()
-    pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    pipe = load_recipe_pipeline(pipeline_dir)
     vae = use_final_decoder(work, pipe)
     pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
-    shutil.rmtree(os.path.join(out_dir, "ocr"))
+    shutil.rmtree(os.path.join(out_dir, "ocr"), ignore_errors=True)
     drop_source_paths(out_dir)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out_dir) for f in fs)
     record = _finish(work, "export", dict(out_dir=out_dir, bytes=size, dtype="float16", without="ocr", vae=vae))
@@ -643,12 +745,11 @@ def learning_check(
 
     Trains on the images of the recipe's last loop stage (the focus stage's when it is done) and reads with
     the VAE the eval stage uses (``use_final_decoder``)."""
-    from .evaluation.generate import load_pipeline
     from .training import main as train_main
 
     root = os.path.join(work, "learning_check")
     start_dir, run_dir = os.path.join(root, "start"), os.path.join(root, "run")
-    pipe = load_pipeline(pipeline_dir, "no", "cpu")
+    pipe = load_recipe_pipeline(pipeline_dir)
     zero_writenet_outputs(pipe.controlnet)
     pipe.save_pretrained(start_dir)
     use_final_decoder(work, pipe)
@@ -663,7 +764,7 @@ def learning_check(
     if train_main(args) != 0:
         raise RuntimeError("the learning-check training run failed")
     wall = round(time.perf_counter() - started, 1)
-    trained = load_pipeline(run_dir, "no", "cpu")
+    trained = load_recipe_pipeline(run_dir)
     use_final_decoder(work, trained)
     after = generate_and_score(trained, bench, os.path.join(root, "after"), eval_steps, reader=reader, limit=limit)
     return dict(command="anytext2-train " + " ".join(args), steps=steps, train_wall_s=wall, before=before, after=after)
@@ -727,10 +828,8 @@ def score_anytext2_checkpoint(
     """The held-out words generated by a loop stage's latest checkpoint, read back (to follow a running
     stage): the init pipeline with every component the checkpoint holds (``save_pretrained`` folders)
     swapped in. Images go to ``<stage>/eval_<checkpoint>_cfg<scale>``."""
-    from .evaluation.generate import load_pipeline
-
     ckpt = latest_anytext2_checkpoint(work, stage)
-    pipe = load_pipeline(_done(work, "init")["pipeline"], "no", "cpu")
+    pipe = load_recipe_pipeline(_stage_source(work, stage))
     swapped = checkpoint_components(ckpt)
     if "attnx" in swapped and pipe.attnx.is_attached:
         pipe.attnx.detach()
@@ -743,6 +842,15 @@ def score_anytext2_checkpoint(
         checkpoint=os.path.basename(ckpt), components=list(swapped), vae=vae, sampler_steps=steps,
         guidance_scale=guidance_scale, ocr=summary,
     )  # fmt: skip
+
+
+def _stage_source(work: str, stage: str) -> str:
+    """The pipeline a loop stage's checkpoints complete (their four trained parts swapped in): the init stage's,
+    whose VAE ``use_final_decoder`` then replaces; for ``ocr``, the folder that stage started from."""
+    if stage != "ocr":
+        return _done(work, "init")["pipeline"]
+    source = os.path.join(work, "ocr_source")
+    return source if os.path.isdir(source) else _done(work, "anneal")["pipeline"]
 
 
 @contextlib.contextmanager
