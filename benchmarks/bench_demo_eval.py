@@ -18,20 +18,16 @@ import json
 import os
 import tempfile
 
-from PIL import Image, ImageDraw, ImageFont
-
-from anytext2_diffusers import demo_model as dm
-from anytext2_diffusers.data.demo_words import HELDOUT_WORDS
-from anytext2_diffusers.data.fonts import BUNDLED_FONT_DIR
-from anytext2_diffusers.evaluation.ocr_eval import evaluate_ocr
-from anytext2_diffusers.testing import demo_pipeline
-
-COLUMNS, LABEL_HEIGHT = 10, 36
+COLUMNS, LABEL_HEIGHT, SIZE = 10, 36, 128  # SIZE: the demo model's resolution (demo_model.RESOLUTION)
 
 
 def draw_grid(images_dir: str, scores, path: str) -> None:
     """Each generated image (128 px) over two label lines: the word, and the reading (green when exact)."""
-    size = dm.RESOLUTION
+    from PIL import Image, ImageDraw, ImageFont
+
+    from anytext2_diffusers.data.fonts import BUNDLED_FONT_DIR
+
+    size = SIZE
     rows = -(-len(scores.lines) // COLUMNS)
     grid = Image.new("RGB", (COLUMNS * size, rows * (size + LABEL_HEIGHT)), "white")
     pen = ImageDraw.Draw(grid)
@@ -49,6 +45,12 @@ def main(argv=None) -> None:
     p.add_argument("--grid", default=None, help="write the images with their readings here (JPEG or PNG)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (the eval stage's 20)")
     args = p.parse_args(argv)
+    from anytext2_diffusers import demo_model as dm
+    from anytext2_diffusers.data.demo_words import HELDOUT_WORDS
+    from anytext2_diffusers.evaluation.ocr_eval import evaluate_ocr
+    from anytext2_diffusers.testing import demo_pipeline
+
+    assert SIZE == dm.RESOLUTION
     with tempfile.TemporaryDirectory() as work:
         bench = dm.heldout_benchmark(os.path.join(work, "heldout_words.json"))
         images = os.path.join(work, "images")
