@@ -3,8 +3,8 @@
 Starts from a trained AnyText2 pipeline folder with WriteNet's output convolutions zeroed (no glyph
 information reaches the UNet, so the held-out words are not written), trains ``--steps`` with the demo
 recipe's loop options, and reads the 50 held-out words generated before and after with the suite's OCR
-evaluation. Needs the recipe's work folder (its data stage) and a trained pipeline (its anneal stage, else
-its focus stage, else its anytext2 stage); it trains on the images that stage trained on.
+evaluation. Needs the recipe's work folder (its data stage) and a trained pipeline (its ocr stage, else its
+anneal, focus or anytext2 stage); it trains on the images that stage trained on (without the OCR losses).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_demo_learning.py --work_dir demo-train --steps 500
 
@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument(
         "--pipeline",
         default=None,
-        help="trained pipeline folder (default: the last finished of <work_dir>/anneal, focus, anytext2)",
+        help="trained pipeline folder (default: the last finished of <work_dir>/ocr, anneal, focus, anytext2)",
     )
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--eval_steps", type=int, default=20, help="sampler steps per held-out word")
@@ -35,7 +35,7 @@ def main() -> None:
     data = dm.stage_data(args.work_dir)
     finished = [
         os.path.join(args.work_dir, stage)
-        for stage in ("anneal", "focus", "anytext2")
+        for stage in ("ocr", "anneal", "focus", "anytext2")
         if os.path.isfile(os.path.join(args.work_dir, stage, "model_index.json"))
     ]
     pipeline = args.pipeline or (finished[0] if finished else os.path.join(args.work_dir, "anytext2"))
