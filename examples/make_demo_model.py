@@ -7,8 +7,10 @@
     python examples/make_demo_model.py --work_dir demo-train --score_vae vae_decoder
     python examples/make_demo_model.py --work_dir demo-train --score_anytext2  # held-out words, latest loop checkpoint
     python examples/make_demo_model.py --work_dir demo-train --score_anytext2 focus  # ... of the focus stage
-    # go on from the shipped model (its card stands for every stage up to vae_decoder): the ocr stage, eval, export
-    python examples/make_demo_model.py --work_dir demo-train --start_from src/anytext2_diffusers/assets/demo_model
+    # go on from an exported model whose last loop stage is anneal (its card stands for every stage up to
+    # vae_decoder; here the session-10 model from git): the ocr stage, eval, export
+    mkdir s10 && git archive fca98b7 src/anytext2_diffusers/assets/demo_model | tar -x -C s10
+    python examples/make_demo_model.py --work_dir demo-train2 --start_from s10/src/anytext2_diffusers/assets/demo_model
 
 Each stage is skipped once done and resumes from its checkpoints when interrupted, so the recipe can be
 run again (in another session) until it finishes; ``recipe.json`` in the work folder records what ran
@@ -63,8 +65,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--start_from",
         default=None,
-        help="an exported demo model folder taken as the result of every stage up to vae_decoder (its card's "
-        "records are copied); the recipe goes on from it",
+        help="an exported demo model folder whose last loop stage is anneal, taken as the result of every stage up "
+        "to vae_decoder (its card's records are copied); the recipe goes on from it",
     )
     p.add_argument(
         "--export_dir",

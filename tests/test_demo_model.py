@@ -242,10 +242,22 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in dm.records_from_card(card)] == [r["stage"] for r in json.load(f)]
 
-    # Going on from the export: its card stands for every stage up to vae_decoder, its folder for their result.
+    # Going on from an export whose last loop stage is anneal (here: this one with its ocr record cut from the
+    # card): the card stands for every stage up to vae_decoder, the folder for their result.
+    import re
+    import shutil
+
+    annealed_out = str(tmp_path / "export_anneal")
+    shutil.copytree(out, annealed_out)
+    without_ocr, cut = re.subn(r"^## ocr\n\n```json\n.*?\n```\n", "", card, flags=re.M | re.S)
+    assert cut == 1
+    with open(os.path.join(annealed_out, "README.md"), "w", encoding="utf-8") as f:
+        f.write(without_ocr)
+    with pytest.raises(ValueError, match=r"records the \['ocr'\] stage"):  # it would be run again on top of it
+        dm.stage_start_from(str(tmp_path / "work_refused"), out)
     work2 = str(tmp_path / "work2")
     data2 = dm.stage_data(work2, n_train=6, n_heldout=4)
-    taken = dm.stage_start_from(work2, out)
+    taken = dm.stage_start_from(work2, annealed_out)
     copy = os.path.join(work2, "start_from")
     assert taken["pipeline"] == copy and taken["taken_from"] == copy and taken["steps"] == 2
     assert dm.stage_vae(work2, data2, steps=99)["wall_s"] == vae["wall_s"]  # a taken stage is not run again

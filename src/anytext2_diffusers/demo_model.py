@@ -23,8 +23,8 @@ Stages, each resumable and skipped once its ``done.json`` exists in the work fol
    rapidocr ships at load time) and a model card with the commands, steps, seeds and wall times.
 
 Every stage appends what it ran to ``recipe.json``, which the model card reproduces. ``stage_start_from``
-takes an exported model (the package's) as the result of every stage up to ``vae_decoder``, so a session
-can go on from the shipped model when the work folder that made it is gone.
+takes an exported model whose last loop stage is ``anneal`` as the result of every stage up to
+``vae_decoder``, so a session can go on from it when the work folder that made it is gone.
 """
 
 from __future__ import annotations
@@ -495,6 +495,9 @@ def load_recipe_pipeline(folder: str):
 
 # The stages an exported model stands for (``stage_start_from``): every one its card records up to vae_decoder.
 _TAKEN_STAGES = ("vae", "unet", "init", "anytext2", "focus", "anneal", "vae_decoder")
+# Training stages after those: a card that records one is refused (the recipe would run it again on top of the
+# trained weights, and the new card would report one run of it).
+_LATER_TRAINING_STAGES = ("ocr",)
 
 
 def records_from_card(card: str) -> list[dict]:
@@ -509,8 +512,8 @@ def records_from_card(card: str) -> list[dict]:
 
 
 def stage_start_from(work: str, exported: str) -> dict:
-    """Take an exported demo model (``exported``, e.g. ``testing.demo_model_dir()``) as the result of the stages
-    up to ``vae_decoder``: it is copied to ``<work>/start_from`` (the next export may overwrite the package's
+    """Take an exported demo model (``exported``: one whose last loop stage is ``anneal``) as the result of the
+    stages up to ``vae_decoder``: it is copied to ``<work>/start_from`` (the next export may overwrite the package's
     folder), and the records of those stages are read from its card and marked ``taken_from``; the anneal
     stage's pipeline is the copy, whose VAE already has the tuned decoder. The data stages still run here
     (they are seeded, so they draw the same images). Returns the anneal record."""
@@ -526,6 +529,12 @@ def stage_start_from(work: str, exported: str) -> dict:
         missing = [stage for stage in _TAKEN_STAGES if stage not in records]
         if missing:
             raise ValueError(f"{card_path}: no record of the stages {missing}; it is not a complete demo model")
+        later = [stage for stage in _LATER_TRAINING_STAGES if stage in records]
+        if later:
+            raise ValueError(
+                f"{card_path}: the card records the {later} stage(s), which the recipe would run again on top of "
+                "them; start from a model exported after the anneal stage (docs/demo_model.md, 'Recipe')"
+            )
         if os.path.isdir(copy):
             shutil.rmtree(copy)
         shutil.copytree(exported, copy)
