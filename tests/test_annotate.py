@@ -584,11 +584,12 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     partial = tmp_path / "killed.json.partial.json"
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "anytext2_diffusers.annotation.cli", *args, "--output", str(out)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group: the kill reaches its image-loading worker too (else left waiting forever).
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while not partial.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert partial.exists() and not out.exists(), "the run should have been killed after its first save"
     done = len(json.load(open(partial, encoding="utf-8"))["data_list"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -61,15 +62,28 @@ def test_two_nodes_over_loopback(assets):
             DRIVER,
             path,
         ]
-        nodes.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    logs = []
+        # Each node in its own process group: a hung node is killed with the training process it launched.
+        node = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        nodes.append(node)
+    logs, hung = [], []
     try:
-        for node in nodes:
-            logs.append(node.communicate(timeout=TIMEOUT)[0])
+        for rank, node in enumerate(nodes):
+            try:
+                logs.append(node.communicate(timeout=TIMEOUT)[0])
+            except subprocess.TimeoutExpired:
+                hung.append(rank)
+                os.killpg(node.pid, signal.SIGKILL)
+                logs.append(node.communicate()[0])
     finally:
         for node in nodes:
             if node.poll() is None:
-                node.kill()
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    if hung:  # what each node had printed, so a hang can be told from a slow machine
+        shown = "\n".join(f"--- node {rank}:\n{log[-3000:]}" for rank, log in enumerate(logs))
+        pytest.fail(f"node(s) {hung} still running after {TIMEOUT} s:\n{shown}")
     for rank, (node, log) in enumerate(zip(nodes, logs)):
         assert node.returncode == 0, f"node {rank} failed:\n{log[-5000:]}"
     ranks = read_ranks(out)
