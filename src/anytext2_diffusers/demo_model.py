@@ -452,8 +452,13 @@ def stage_anneal(
     """The focus stage's loop run on from its pipeline (``focused``) with the learning rate falling linearly
     from ``ANNEAL_LR`` to 0 over ``steps`` (a fresh optimizer): at the constant 3e-4 the weights keep moving
     and the words read differently from one checkpoint to the next (docs/demo_model.md, "The anneal stage")."""
-    schedule = ["--learning_rate", str(ANNEAL_LR), "--lr_scheduler", "linear", "--lr_warmup_steps", "0"]
-    return _clean_images_stage(work, "anneal", data, focus_data, focused, steps, schedule + list(extra_args))
+    extra = _falling_learning_rate(ANNEAL_LR) + list(extra_args)
+    return _clean_images_stage(work, "anneal", data, focus_data, focused, steps, extra)
+
+
+def _falling_learning_rate(start: float) -> list[str]:
+    """Loop options: the learning rate falls linearly from ``start`` to 0 over the stage's steps."""
+    return ["--learning_rate", str(start), "--lr_scheduler", "linear", "--lr_warmup_steps", "0"]
 
 
 def stage_ocr(work: str, data: dict, focus_data: dict, annealed: dict, steps: int = OCR_STEPS, extra_args=()) -> dict:
@@ -461,8 +466,9 @@ def stage_ocr(work: str, data: dict, focus_data: dict, annealed: dict, steps: in
     in: the OCR losses read what that decoder draws) on the clean-style images, with AnyText2's OCR
     perceptual and CTC losses at ``OCR_LOSS_WEIGHT`` and the learning rate falling linearly from ``OCR_LR`` to
     0 (a fresh optimizer): a gradient towards what the recognizer reads, not only towards the pixels."""
-    if _done(work, "ocr"):
-        return _done(work, "ocr")
+    done = _done(work, "ocr")
+    if done:
+        return done
     source = annealed["pipeline"]
     decoder = _done(work, "vae_decoder")
     if decoder and not decoder.get("in_pipeline"):
@@ -472,9 +478,7 @@ def stage_ocr(work: str, data: dict, focus_data: dict, annealed: dict, steps: in
             use_final_decoder(work, pipe)
             pipe.save_pretrained(source, safe_serialization=True)
     weight = str(OCR_LOSS_WEIGHT)
-    schedule = ["--learning_rate", str(OCR_LR), "--lr_scheduler", "linear", "--lr_warmup_steps", "0"]
-    losses = ["--loss_alpha", weight, "--loss_beta", weight]
-    extra = schedule + losses + list(extra_args)
+    extra = _falling_learning_rate(OCR_LR) + ["--loss_alpha", weight, "--loss_beta", weight] + list(extra_args)
     return _clean_images_stage(work, "ocr", data, focus_data, {"pipeline": source}, steps, extra)
 
 
@@ -482,15 +486,11 @@ def load_recipe_pipeline(folder: str):
     """A recipe pipeline folder in float32 on the CPU; an exported one (no ``ocr`` folder) gets rapidocr's
     PP-OCRv3 recognizer, as ``demo_pipeline`` does."""
     from .evaluation.generate import load_pipeline
+    from .testing import demo_pipeline
 
     if os.path.isdir(os.path.join(folder, "ocr")):
         return load_pipeline(folder, "no", "cpu")
-    from .pipelines import AnyText2Pipeline
-    from .testing import rapidocr_recognizer
-
-    pipe = AnyText2Pipeline.from_pretrained(folder, ocr=rapidocr_recognizer(), torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return demo_pipeline(folder=folder)
 
 
 # The stages an exported model stands for (``stage_start_from``): every one its card records up to vae_decoder.

@@ -227,15 +227,15 @@ def check_demo_model_files(folder: str) -> None:
                 )
 
 
-def demo_pipeline(dtype: torch.dtype = torch.float32, device: str = "cpu"):
+def demo_pipeline(dtype: torch.dtype = torch.float32, device: str = "cpu", folder: str | None = None):
     """The shipped demo model (trained in-project at 128 px, ``docs/demo_model.md``) as an ``AnyText2Pipeline``
     in ``dtype`` on ``device``, progress bar off. float32 by default: the weights are fp16 on disk, but CPU
     fp16 is slow and some CPU ops have no fp16 kernel. The recognizer is rapidocr's, converted
-    (``rapidocr_recognizer``)."""
+    (``rapidocr_recognizer``). ``folder``: another exported demo model (default: the package's)."""
     from .pipelines import AnyText2Pipeline
     from .utils.dtype import cast_model, dtype_kwarg
 
-    folder = demo_model_dir()
+    folder = folder or demo_model_dir()
     check_demo_model_files(folder)
     ocr = cast_model(rapidocr_recognizer(), dtype)
     pipe = AnyText2Pipeline.from_pretrained(folder, ocr=ocr, **dtype_kwarg(dtype))
