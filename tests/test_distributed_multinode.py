@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from _distributed_helpers import CONFIGS, DRIVER, SRC, TIMEOUT, free_port, read_ranks
+from _distributed_helpers import CONFIGS, DRIVER, SRC, TIMEOUT, free_port, kill_process_tree, read_ranks
 from _training_helpers import make_data, save_small_recognizer
 
 
@@ -38,7 +38,9 @@ def test_two_nodes_over_loopback(assets):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     env.pop("ACCELERATE_USE_CPU", None)
-    nodes = []
+    # Each node writes to a file, not a pipe: the test waits on one node at a time, and an unread pipe would block
+    # the other node once it printed 64 KiB (a normal run prints ~3 KiB; connection retries print more).
+    nodes, log_paths = [], []
     for rank in (0, 1):
         cmd = [
             sys.executable,
@@ -62,25 +64,22 @@ def test_two_nodes_over_loopback(assets):
             DRIVER,
             path,
         ]
-        # Each node in its own process group: a hung node is killed with the training process it launched.
-        node = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-        )
-        nodes.append(node)
-    logs, hung = [], []
+        log_paths.append(str(assets["root"] / f"node{rank}.log"))
+        with open(log_paths[-1], "w", encoding="utf-8") as log:
+            nodes.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+    deadline, hung = time.monotonic() + TIMEOUT, []
     try:
         for rank, node in enumerate(nodes):
             try:
-                logs.append(node.communicate(timeout=TIMEOUT)[0])
+                node.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 hung.append(rank)
-                os.killpg(node.pid, signal.SIGKILL)
-                logs.append(node.communicate()[0])
     finally:
         for node in nodes:
-            if node.poll() is None:
-                os.killpg(node.pid, signal.SIGKILL)
+            if node.poll() is None:  # with the training process it launched (in a session of its own)
+                kill_process_tree(node.pid)
                 node.wait()
+    logs = [open(p, encoding="utf-8", errors="replace").read() for p in log_paths]
     if hung:  # what each node had printed, so a hang can be told from a slow machine
         shown = "\n".join(f"--- node {rank}:\n{log[-3000:]}" for rank, log in enumerate(logs))
         pytest.fail(f"node(s) {hung} still running after {TIMEOUT} s:\n{shown}")
