@@ -63,6 +63,17 @@ def main(argv=None) -> int:
         "--ocr_steps", type=int, default=dm.OCR_STEPS, help="loop steps with the OCR losses on (0: skip the stage)"
     )
     p.add_argument(
+        "--ocr_loss_alpha", type=float, default=dm.OCR_LOSS_WEIGHT, help="ocr stage: weight of the OCR perceptual loss"
+    )
+    p.add_argument("--ocr_loss_beta", type=float, default=dm.OCR_LOSS_WEIGHT, help="ocr stage: weight of the CTC loss")
+    p.add_argument(
+        "--ocr_step_weight",
+        action=argparse.BooleanOptionalAction,
+        default=dm.OCR_STEP_WEIGHT,
+        help="ocr stage: weight the OCR losses by alphas_cumprod[t] as AnyText2 does (--no-ocr_step_weight: "
+        "every timestep alike)",
+    )
+    p.add_argument(
         "--start_from",
         default=None,
         help="an exported demo model folder whose last loop stage is anneal, taken as the result of every stage up "
@@ -133,7 +144,10 @@ def main(argv=None) -> int:
     if last >= STAGES.index("vae_decoder"):
         dm.stage_vae(args.work_dir, data, **decoder)
     if last >= STAGES.index("ocr") and args.ocr_steps > 0:
-        trained = dm.stage_ocr(args.work_dir, data, focus_data, trained, steps=args.ocr_steps)
+        trained = dm.stage_ocr(
+            args.work_dir, data, focus_data, trained, steps=args.ocr_steps, loss_alpha=args.ocr_loss_alpha,
+            loss_beta=args.ocr_loss_beta, step_weight=args.ocr_step_weight,
+        )  # fmt: skip
     if last >= STAGES.index("eval"):
         print(json.dumps(dm.stage_eval(args.work_dir, data, trained["pipeline"]), ensure_ascii=False))
     if last >= STAGES.index("export"):

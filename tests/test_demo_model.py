@@ -238,7 +238,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert AutoencoderKL.from_pretrained(os.path.join(out, "vae")).config.scaling_factor == init["vae_scaling_factor"]
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "anytext2-train --pretrained_model_name_or_path" in card and '"seed": 0' in card
-    assert "--anneal_steps 2 --ocr_steps 1" in card
+    assert "--anneal_steps 2 --ocr_steps 1 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.03\n" in card
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in dm.records_from_card(card)] == [r["stage"] for r in json.load(f)]
 
@@ -263,13 +263,18 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert dm.stage_vae(work2, data2, steps=99)["wall_s"] == vae["wall_s"]  # a taken stage is not run again
     assert dm.stage_vae(work2, data2, steps=99, stage="vae_decoder")["in_pipeline"] is True
     focus_data2 = dm.stage_focus_data(work2, n_train=4)
-    went_on = dm.stage_ocr(work2, data2, focus_data2, taken, steps=1, extra_args=one_quick_step)
+    went_on = dm.stage_ocr(
+        work2, data2, focus_data2, taken, steps=1, extra_args=one_quick_step, loss_beta=0.3, step_weight=False
+    )
     assert f"--pretrained_model_name_or_path {copy}" in went_on["command"]  # its VAE has the tuned decoder
+    assert "--loss_beta 0.3 --no-with_step_weight" in went_on["command"]
+    assert (went_on["loss_alpha"], went_on["loss_beta"], went_on["step_weight"]) == (dm.OCR_LOSS_WEIGHT, 0.3, False)
     out2 = str(tmp_path / "export2")
     dm.stage_export(work2, went_on["pipeline"], out2)
     card2 = open(os.path.join(out2, "README.md"), encoding="utf-8").read()
     assert '"taken_from": "<work_dir>/start_from"' in card2 and "`--start_from`" in card2
-    assert "--ocr_steps 1" in card2 and work2 not in card2  # (the export's own out_dir is outside it)
+    assert "--ocr_steps 1 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.3 --no-ocr_step_weight\n" in card2
+    assert work2 not in card2  # (the export's own out_dir is outside it)
     with pytest.raises(ValueError, match="no record of the stages"):
         dm.stage_start_from(str(tmp_path / "work3"), str(tmp_path / "work2" / "ocr"))
     assert dm.stage_vae(work, data, steps=99) == vae  # a finished stage is skipped, not re-run
@@ -397,3 +402,10 @@ def test_logged_wall_seconds_sums_each_runs_span_from_the_tensorboard_logs(tmp_p
             writer.add_scalar("t/loss", 0.5, 2, walltime=(start + end) / 2)
             writer.add_scalar("t/loss", 0.2, 3, walltime=end)
     assert dm.logged_wall_seconds(str(tmp_path)) == 130.5
+
+
+def test_ocr_stage_flags_of_a_record_written_before_the_options():
+    """A card's ocr record from before the loss settings were recipe options reproduces with what that stage ran."""
+    assert dm.ocr_stage_flags({"steps": 1500}) == ["--ocr_loss_alpha 0.03", "--ocr_loss_beta 0.03"]
+    record = {"steps": 9, "loss_alpha": 0.1, "loss_beta": 0.3, "step_weight": False}
+    assert dm.ocr_stage_flags(record) == ["--ocr_loss_alpha 0.1", "--ocr_loss_beta 0.3", "--no-ocr_step_weight"]

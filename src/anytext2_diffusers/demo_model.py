@@ -74,6 +74,8 @@ ANNEAL_STEPS, ANNEAL_LR = 2000, 1e-4
 # losses (``--loss_alpha`` perceptual, ``--loss_beta`` CTC). 10x the paper's 0.003: on the tiny model at
 # 0.003 the OCR terms were ~1 % of the diffusion loss (docs/demo_model.md, "The ocr stage").
 OCR_STEPS, OCR_LR, OCR_LOSS_WEIGHT = 1500, 1e-4, 0.03
+# Whether the OCR losses keep AnyText2's ``alphas_cumprod[t]`` factor (``--with_step_weight``).
+OCR_STEP_WEIGHT = True
 # Classifier-free guidance scale of the recipe's evaluation (eval stage, learning check, checkpoint scores). Not
 # SD's 7.5: AnyText2's loop never drops the caption, so the unconditional branch (negative prompt, empty text
 # caption) is one the model was not trained on, and a large scale pushes the image away from it. On the focus
@@ -389,7 +391,7 @@ def stage_anytext2(work: str, data: dict, init: dict, steps: int = ANYTEXT2_STEP
     return _run_loop_stage(work, "anytext2", args, steps)
 
 
-def _run_loop_stage(work: str, stage: str, args: list[str], steps: int) -> dict:
+def _run_loop_stage(work: str, stage: str, args: list[str], steps: int, settings=None) -> dict:
     """Run (or resume) the suite's loop with ``args``; the stage is done when its output folder is complete."""
     from .training import main as train_main
 
@@ -408,6 +410,7 @@ def _run_loop_stage(work: str, stage: str, args: list[str], steps: int) -> dict:
             steps=steps,
             wall_s_this_session=round(time.perf_counter() - start, 1),
             pipeline=out,
+            **(settings or {}),
         ),
     )
 
@@ -436,14 +439,16 @@ def stage_focus(
     return _clean_images_stage(work, "focus", data, focus_data, trained, steps, list(extra_args))
 
 
-def _clean_images_stage(work: str, stage: str, data: dict, focus_data: dict, source: dict, steps: int, extra):
+def _clean_images_stage(
+    work: str, stage: str, data: dict, focus_data: dict, source: dict, steps: int, extra, settings=None
+):
     """The recipe's loop command run on from ``source``'s pipeline on the clean-style images (a fresh
-    optimizer), output ``<work>/<stage>``; skipped once done."""
+    optimizer), output ``<work>/<stage>``; skipped once done. ``settings``: recipe options kept in the record."""
     done = _done(work, stage)
     if done:
         return done
     args = anytext2_args(work, data, steps, {"pipeline": source["pipeline"]}, stage, focus_data["train"])
-    return _run_loop_stage(work, stage, args + extra, steps)
+    return _run_loop_stage(work, stage, args + extra, steps, settings)
 
 
 def stage_anneal(
@@ -461,11 +466,23 @@ def _falling_learning_rate(start: float) -> list[str]:
     return ["--learning_rate", str(start), "--lr_scheduler", "linear", "--lr_warmup_steps", "0"]
 
 
-def stage_ocr(work: str, data: dict, focus_data: dict, annealed: dict, steps: int = OCR_STEPS, extra_args=()) -> dict:
+def stage_ocr(
+    work: str,
+    data: dict,
+    focus_data: dict,
+    annealed: dict,
+    steps: int = OCR_STEPS,
+    extra_args=(),
+    loss_alpha: float = OCR_LOSS_WEIGHT,
+    loss_beta: float = OCR_LOSS_WEIGHT,
+    step_weight: bool = OCR_STEP_WEIGHT,
+) -> dict:
     """The loop run on from the anneal stage's pipeline (``annealed``, with the ``vae_decoder`` stage's VAE put
     in: the OCR losses read what that decoder draws) on the clean-style images, with AnyText2's OCR
-    perceptual and CTC losses at ``OCR_LOSS_WEIGHT`` and the learning rate falling linearly from ``OCR_LR`` to
-    0 (a fresh optimizer): a gradient towards what the recognizer reads, not only towards the pixels."""
+    perceptual (``loss_alpha``) and CTC (``loss_beta``) losses on and the learning rate falling linearly from
+    ``OCR_LR`` to 0 (a fresh optimizer): a gradient towards what the recognizer reads, not only towards the
+    pixels. ``step_weight=False`` drops AnyText2's ``alphas_cumprod[t]`` factor on those losses
+    (``--no-with_step_weight``), so they also act at the high noise levels where sampling settles the strokes."""
     done = _done(work, "ocr")
     if done:
         return done
@@ -477,9 +494,11 @@ def stage_ocr(work: str, data: dict, focus_data: dict, annealed: dict, steps: in
             pipe = load_recipe_pipeline(annealed["pipeline"])
             use_final_decoder(work, pipe)
             pipe.save_pretrained(source, safe_serialization=True)
-    weight = str(OCR_LOSS_WEIGHT)
-    extra = _falling_learning_rate(OCR_LR) + ["--loss_alpha", weight, "--loss_beta", weight] + list(extra_args)
-    return _clean_images_stage(work, "ocr", data, focus_data, {"pipeline": source}, steps, extra)
+    losses = ["--loss_alpha", str(loss_alpha), "--loss_beta", str(loss_beta)]
+    losses += [] if step_weight else ["--no-with_step_weight"]
+    extra = _falling_learning_rate(OCR_LR) + losses + list(extra_args)
+    settings = dict(loss_alpha=loss_alpha, loss_beta=loss_beta, step_weight=step_weight)
+    return _clean_images_stage(work, "ocr", data, focus_data, {"pipeline": source}, steps, extra, settings)
 
 
 def load_recipe_pipeline(folder: str):
@@ -666,6 +685,8 @@ def model_card(work: str) -> str:
         args = [f"--{stage}_steps {steps[stage]}" for stage in stages if stage in steps]
         if "ocr" not in steps:
             args.append("--ocr_steps 0")
+        else:
+            args += ocr_stage_flags(next(r for r in recipe if r["stage"] == "ocr"))
         lines += ["Reproduce (CPU; every stage resumes when run again):", "", "```bash"]
         lines += [f"python examples/make_demo_model.py --work_dir demo-train {' '.join(args)}", "```", ""]
     if any("taken_from" in r for r in recipe):
@@ -681,6 +702,17 @@ def model_card(work: str) -> str:
 
     card = "\n".join(lines).replace(demo_model_dir(), "<package>/assets/demo_model")
     return portable_paths(card.replace(os.path.abspath(work), "<work_dir>"))
+
+
+# The ocr stage's loss settings before they were recipe options (session 11): what a record without them ran.
+_OCR_SETTINGS_BEFORE_OPTIONS = dict(loss_alpha=0.03, loss_beta=0.03, step_weight=True)
+
+
+def ocr_stage_flags(record: dict) -> list[str]:
+    """``make_demo_model.py`` options that rerun the ocr stage ``record`` describes (its loss settings)."""
+    settings = {k: record.get(k, v) for k, v in _OCR_SETTINGS_BEFORE_OPTIONS.items()}
+    flags = [f"--ocr_loss_alpha {settings['loss_alpha']}", f"--ocr_loss_beta {settings['loss_beta']}"]
+    return flags + ([] if settings["step_weight"] else ["--no-ocr_step_weight"])
 
 
 # An absolute path into a stage folder: a JSON string of its own, or a word of a recorded command line.
