@@ -191,7 +191,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     trained = dm.stage_ocr(work, data, focus_data, annealed, steps=1, extra_args=one_quick_step)
     assert f"--pretrained_model_name_or_path {os.path.join(work, 'ocr_source')}" in trained["command"]
     weight = dm.OCR_LOSS_WEIGHT
-    assert f"--loss_alpha {weight} --loss_beta {weight}" in trained["command"]
+    assert f"--loss_alpha {weight} --loss_beta {weight} --no-with_step_weight" in trained["command"]
     assert f"--learning_rate {dm.OCR_LR} --lr_scheduler linear" in trained["command"]
     from diffusers import AutoencoderKL
 
@@ -238,7 +238,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert AutoencoderKL.from_pretrained(os.path.join(out, "vae")).config.scaling_factor == init["vae_scaling_factor"]
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "anytext2-train --pretrained_model_name_or_path" in card and '"seed": 0' in card
-    assert "--anneal_steps 2 --ocr_steps 1 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.03\n" in card
+    assert "--anneal_steps 2 --ocr_steps 1 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.03 --no-ocr_step_weight\n" in card
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in dm.records_from_card(card)] == [r["stage"] for r in json.load(f)]
 

@@ -37,6 +37,8 @@ def test_two_nodes_over_loopback(assets):
         json.dump(config, f)
     port = free_port()
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    # Both "machines" are this one: gloo's connections go over loopback, whatever address the hostname resolves to.
+    env["GLOO_SOCKET_IFNAME"] = "lo"
     env.pop("ACCELERATE_USE_CPU", None)
     # Each node writes to a file, not a pipe: the test waits on one node at a time, and an unread pipe would block
     # the other node once it printed 64 KiB (a normal run prints ~3 KiB; connection retries print more).
