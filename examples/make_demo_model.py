@@ -63,6 +63,12 @@ def main(argv=None) -> int:
         "--ocr_steps", type=int, default=dm.OCR_STEPS, help="loop steps with the OCR losses on (0: skip the stage)"
     )
     p.add_argument(
+        "--ocr2_steps",
+        type=int,
+        default=dm.OCR2_STEPS,
+        help="loop steps of the ocr stage run again from its result, learning rate restarted (0: skip the stage)",
+    )
+    p.add_argument(
         "--ocr_loss_alpha", type=float, default=dm.OCR_LOSS_WEIGHT, help="ocr stage: weight of the OCR perceptual loss"
     )
     p.add_argument("--ocr_loss_beta", type=float, default=dm.OCR_LOSS_WEIGHT, help="ocr stage: weight of the CTC loss")
@@ -96,7 +102,7 @@ def main(argv=None) -> int:
         "--score_anytext2",
         nargs="?",
         const="anytext2",
-        choices=("anytext2", "focus", "anneal", "ocr"),
+        choices=("anytext2", "focus", "anneal", "ocr", "ocr2"),
         help="only generate and read the held-out words with the latest checkpoint of that loop stage "
         "(default anytext2), then exit",
     )
@@ -104,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--score_sampler_steps", type=int, default=20, help="DDIM steps for --score_anytext2")
     p.add_argument("--score_guidance", type=float, default=dm.EVAL_GUIDANCE, help="CFG scale for --score_anytext2")
     args = p.parse_args(argv)
+    if args.ocr2_steps > 0 and args.ocr_steps <= 0:
+        p.error("--ocr2_steps runs on from the ocr stage: it needs --ocr_steps > 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     last = STAGES.index(args.until)
 
@@ -148,6 +156,8 @@ def main(argv=None) -> int:
             args.work_dir, data, focus_data, trained, steps=args.ocr_steps, loss_alpha=args.ocr_loss_alpha,
             loss_beta=args.ocr_loss_beta, step_weight=args.ocr_step_weight,
         )  # fmt: skip
+    if last >= STAGES.index("ocr2") and args.ocr2_steps > 0:
+        trained = dm.stage_ocr2(args.work_dir, data, focus_data, trained, steps=args.ocr2_steps)
     if last >= STAGES.index("eval"):
         print(json.dumps(dm.stage_eval(args.work_dir, data, trained["pipeline"]), ensure_ascii=False))
     if last >= STAGES.index("export"):

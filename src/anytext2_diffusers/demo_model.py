@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 # The recipe's stage folders, in order (``examples/make_demo_model.py --until`` takes these names).
 STAGES = (
-    "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "ocr", "eval",
-    "export",
+    "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "ocr", "ocr2",
+    "eval", "export",
 )  # fmt: skip
 RESOLUTION = 128
 # The recipe VAE's latent channels: at 128 px a 4-channel latent (SD's) cannot carry the letters (even the
@@ -78,6 +78,9 @@ OCR_STEPS, OCR_LR, OCR_LOSS_WEIGHT = 2000, 1e-4, 0.03
 # factor is 0.04 at t = 800, where generation settles the strokes (docs/demo_model.md, "The ocr stage's loss
 # settings"). The loop's default keeps the reference's factor.
 OCR_STEP_WEIGHT = False
+# The ocr2 stage: loop steps of the ocr stage run again from its own result with the learning rate restarted
+# (0: skip; docs/demo_model.md, "The ocr2 stage").
+OCR2_STEPS = 0
 # Classifier-free guidance scale of the recipe's evaluation (eval stage, learning check, checkpoint scores). Not
 # SD's 7.5: AnyText2's loop never drops the caption, so the unconditional branch (negative prompt, empty text
 # caption) is one the model was not trained on, and a large scale pushes the image away from it. On the focus
@@ -496,11 +499,31 @@ def stage_ocr(
             pipe = load_recipe_pipeline(annealed["pipeline"])
             use_final_decoder(work, pipe)
             pipe.save_pretrained(source, safe_serialization=True)
+    return _ocr_losses_stage(
+        work, "ocr", data, focus_data, source, steps, extra_args, loss_alpha, loss_beta, step_weight
+    )
+
+
+def stage_ocr2(work: str, data: dict, focus_data: dict, ocr: dict, steps: int, extra_args=()) -> dict:
+    """The ocr stage run again from its own pipeline (``ocr``, its record) with its loss settings and the
+    learning rate restarted at ``OCR_LR``, falling to 0 over ``steps`` (a fresh optimizer): a warm restart, so
+    the OCR training goes on past a stage that ended at learning rate 0 without rerunning it (a stage fits a
+    session; docs/demo_model.md, "The ocr2 stage")."""
+    done = _done(work, "ocr2")
+    if done:
+        return done
+    settings = ocr_loss_settings(ocr)
+    return _ocr_losses_stage(work, "ocr2", data, focus_data, ocr["pipeline"], steps, extra_args, **settings)
+
+
+def _ocr_losses_stage(work, stage, data, focus_data, source, steps, extra_args, loss_alpha, loss_beta, step_weight):
+    """The recipe's loop on the clean-style images from ``source`` with the OCR losses on and the learning rate
+    falling from ``OCR_LR`` to 0; the loss settings are kept in the stage record."""
     losses = ["--loss_alpha", str(loss_alpha), "--loss_beta", str(loss_beta)]
     losses += [] if step_weight else ["--no-with_step_weight"]
     extra = _falling_learning_rate(OCR_LR) + losses + list(extra_args)
     settings = dict(loss_alpha=loss_alpha, loss_beta=loss_beta, step_weight=step_weight)
-    return _clean_images_stage(work, "ocr", data, focus_data, {"pipeline": source}, steps, extra, settings)
+    return _clean_images_stage(work, stage, data, focus_data, {"pipeline": source}, steps, extra, settings)
 
 
 def load_recipe_pipeline(folder: str):
@@ -514,11 +537,13 @@ def load_recipe_pipeline(folder: str):
     return demo_pipeline(folder=folder)
 
 
-# The stages an exported model stands for (``stage_start_from``): every one its card records up to vae_decoder.
+# The stages an exported model stands for (``stage_start_from``): every one its card records up to vae_decoder,
+# and the ocr stage when it records one (the recipe goes on with ocr2).
 _TAKEN_STAGES = ("vae", "unet", "init", "anytext2", "focus", "anneal", "vae_decoder")
+_TAKEN_IF_RECORDED = ("ocr",)
 # Training stages after those: a card that records one is refused (the recipe would run it again on top of the
 # trained weights, and the new card would report one run of it).
-_LATER_TRAINING_STAGES = ("ocr",)
+_LATER_TRAINING_STAGES = ("ocr2",)
 
 
 def records_from_card(card: str) -> list[dict]:
@@ -533,11 +558,11 @@ def records_from_card(card: str) -> list[dict]:
 
 
 def stage_start_from(work: str, exported: str) -> dict:
-    """Take an exported demo model (``exported``: one whose last loop stage is ``anneal``) as the result of the
-    stages up to ``vae_decoder``: it is copied to ``<work>/start_from`` (the next export may overwrite the package's
-    folder), and the records of those stages are read from its card and marked ``taken_from``; the anneal
-    stage's pipeline is the copy, whose VAE already has the tuned decoder. The data stages still run here
-    (they are seeded, so they draw the same images). Returns the anneal record."""
+    """Take an exported demo model (``exported``: one whose last loop stage is ``anneal`` or ``ocr``) as the
+    result of the stages its card records up to that one: it is copied to ``<work>/start_from`` (the next export
+    may overwrite the package's folder), and the records of those stages are read from its card and marked
+    ``taken_from``; the last one's pipeline is the copy, whose VAE already has the tuned decoder. The data
+    stages still run here (they are seeded, so they draw the same images). Returns the last taken record."""
     import shutil
 
     copy = os.path.join(work, "start_from")
@@ -554,20 +579,22 @@ def stage_start_from(work: str, exported: str) -> dict:
         if later:
             raise ValueError(
                 f"{card_path}: the card records the {later} stage(s), which the recipe would run again on top of "
-                "them; start from a model exported after the anneal stage (docs/demo_model.md, 'Recipe')"
+                "them; start from a model exported after the anneal or the ocr stage (docs/demo_model.md, 'Recipe')"
             )
         if os.path.isdir(copy):
             shutil.rmtree(copy)
         shutil.copytree(exported, copy)
-        for stage in _TAKEN_STAGES:
+        taken = list(_TAKEN_STAGES) + [stage for stage in _TAKEN_IF_RECORDED if stage in records]
+        last_loop_stage = "ocr" if "ocr" in records else "anneal"
+        for stage in taken:
             record = {k: v for k, v in records[stage].items() if k != "stage"}
             record["taken_from"] = copy
-            if stage == "anneal":
+            if stage == last_loop_stage:
                 record["pipeline"] = copy
             if stage == "vae_decoder":
                 record["in_pipeline"] = True
             _finish(work, stage, record)
-    return _done(work, "anneal")
+    return _done(work, "ocr") or _done(work, "anneal")
 
 
 # --- 6. vae_decoder (stage_vae with stage="vae_decoder") -------------------------------------------
@@ -683,11 +710,10 @@ def model_card(work: str) -> str:
     ]
     steps = {r["stage"]: r["steps"] for r in recipe if "steps" in r}
     if "focus" in steps:  # the loop stages' lengths that differ from the script's caps and defaults
-        stages = ("anytext2", "focus", "anneal", "ocr")
-        args = [f"--{stage}_steps {steps[stage]}" for stage in stages if stage in steps]
-        if "ocr" not in steps:
-            args.append("--ocr_steps 0")
-        else:
+        args = [f"--{stage}_steps {steps[stage]}" for stage in ("anytext2", "focus", "anneal") if stage in steps]
+        # The ocr stages are named even when skipped (0), so a later change of their defaults keeps the line true.
+        args += [f"--{stage}_steps {steps.get(stage, 0)}" for stage in ("ocr", "ocr2")]
+        if "ocr" in steps:
             args += ocr_stage_flags(next(r for r in recipe if r["stage"] == "ocr"))
         lines += ["Reproduce (CPU; every stage resumes when run again):", "", "```bash"]
         lines += [f"python examples/make_demo_model.py --work_dir demo-train {' '.join(args)}", "```", ""]
@@ -710,9 +736,15 @@ def model_card(work: str) -> str:
 _OCR_SETTINGS_BEFORE_OPTIONS = dict(loss_alpha=0.03, loss_beta=0.03, step_weight=True)
 
 
+def ocr_loss_settings(record: dict) -> dict:
+    """The loss settings (``loss_alpha``, ``loss_beta``, ``step_weight``) the ocr stage ``record`` ran with."""
+    return {k: record.get(k, v) for k, v in _OCR_SETTINGS_BEFORE_OPTIONS.items()}
+
+
 def ocr_stage_flags(record: dict) -> list[str]:
-    """``make_demo_model.py`` options that rerun the ocr stage ``record`` describes (its loss settings)."""
-    settings = {k: record.get(k, v) for k, v in _OCR_SETTINGS_BEFORE_OPTIONS.items()}
+    """``make_demo_model.py`` options that rerun the ocr stage ``record`` describes (its loss settings; the
+    ocr2 stage takes the same)."""
+    settings = ocr_loss_settings(record)
     flags = [f"--ocr_loss_alpha {settings['loss_alpha']}", f"--ocr_loss_beta {settings['loss_beta']}"]
     return flags + ([] if settings["step_weight"] else ["--no-ocr_step_weight"])
 
@@ -889,7 +921,9 @@ def score_anytext2_checkpoint(
 
 def _stage_source(work: str, stage: str) -> str:
     """The pipeline a loop stage's checkpoints complete (their four trained parts swapped in): the init stage's,
-    whose VAE ``use_final_decoder`` then replaces; for ``ocr``, the folder that stage started from."""
+    whose VAE ``use_final_decoder`` then replaces; for ``ocr`` and ``ocr2``, the folder that stage started from."""
+    if stage == "ocr2":
+        return _done(work, "ocr")["pipeline"]
     if stage != "ocr":
         return _done(work, "init")["pipeline"]
     source = os.path.join(work, "ocr_source")
