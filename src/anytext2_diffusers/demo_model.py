@@ -79,8 +79,8 @@ OCR_STEPS, OCR_LR, OCR_LOSS_WEIGHT = 2000, 1e-4, 0.03
 # settings"). The loop's default keeps the reference's factor.
 OCR_STEP_WEIGHT = False
 # The ocr2 stage: loop steps of the ocr stage run again from its own result with the learning rate restarted
-# (0: skip; docs/demo_model.md, "The ocr2 stage").
-OCR2_STEPS = 0
+# (0: skip). 2400: the shipped model's, a session's run on 2 cores (docs/demo_model.md, "The ocr2 stage").
+OCR2_STEPS = 2400
 # Classifier-free guidance scale of the recipe's evaluation (eval stage, learning check, checkpoint scores). Not
 # SD's 7.5: AnyText2's loop never drops the caption, so the unconditional branch (negative prompt, empty text
 # caption) is one the model was not trained on, and a large scale pushes the image away from it. On the focus
