@@ -65,8 +65,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--ocr2_steps",
         type=int,
-        default=dm.OCR2_STEPS,
-        help="loop steps of the ocr stage run again from its result, learning rate restarted (0: skip the stage)",
+        default=None,
+        help="loop steps of the ocr stage run again from its result, learning rate restarted (0: skip the stage; "
+        f"default {dm.OCR2_STEPS}, or 0 with --ocr_steps 0)",
     )
     p.add_argument(
         "--ocr_loss_alpha", type=float, default=dm.OCR_LOSS_WEIGHT, help="ocr stage: weight of the OCR perceptual loss"
@@ -110,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--score_sampler_steps", type=int, default=20, help="DDIM steps for --score_anytext2")
     p.add_argument("--score_guidance", type=float, default=dm.EVAL_GUIDANCE, help="CFG scale for --score_anytext2")
     args = p.parse_args(argv)
+    if args.ocr2_steps is None:  # a skipped ocr stage skips ocr2 (as cards written before ocr2 say: --ocr_steps 0)
+        args.ocr2_steps = dm.OCR2_STEPS if args.ocr_steps > 0 else 0
     if args.ocr2_steps > 0 and args.ocr_steps <= 0:
         p.error("--ocr2_steps runs on from the ocr stage: it needs --ocr_steps > 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

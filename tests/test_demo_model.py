@@ -445,7 +445,8 @@ def test_ocr_stage_flags_of_a_record_written_before_the_options():
 
 
 def test_recipe_script_refuses_an_ocr2_stage_without_an_ocr_stage(tmp_path):
-    """ocr2 goes on from the ocr stage's pipeline: asked for without it, the script stops before any work."""
+    """ocr2 goes on from the ocr stage's pipeline: asked for without it, the script stops before any work; left
+    to its default, it is skipped with the ocr stage."""
     import subprocess
     import sys
 
@@ -454,3 +455,7 @@ def test_recipe_script_refuses_an_ocr2_stage_without_an_ocr_stage(tmp_path):
     done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--ocr2_steps runs on from the ocr stage" in done.stderr
     assert not os.path.exists(tmp_path / "work")
+    # --ocr_steps 0 alone (the reproduce line of a card from before ocr2) skips both: no error
+    args = ["--work_dir", str(tmp_path / "work"), "--ocr_steps", "0", "--until", "data", "--n_train", "2"]
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
