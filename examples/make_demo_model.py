@@ -7,6 +7,8 @@
     python examples/make_demo_model.py --work_dir demo-train --score_vae vae_decoder
     python examples/make_demo_model.py --work_dir demo-train --score_anytext2  # held-out words, latest loop checkpoint
     python examples/make_demo_model.py --work_dir demo-train --score_anytext2 focus  # ... of the focus stage
+    # the ocr stage's warm restarts: ocr2 (2400 steps), then ocr3 (2000 steps at CTC weight 0.3)
+    python examples/make_demo_model.py --work_dir demo-train --ocr_restarts 2400 2000:0.3
     # go on from an exported model whose last loop stage is anneal (its card stands for every stage up to
     # vae_decoder; here the session-10 model from git): the ocr stage, eval, export
     mkdir s10 && git archive fca98b7 src/anytext2_diffusers/assets/demo_model | tar -x -C s10
@@ -25,6 +27,22 @@ import sys
 from anytext2_diffusers import demo_model as dm
 
 STAGES = dm.STAGES
+
+
+def restart(value: str) -> tuple[int, float | None]:
+    """``STEPS`` or ``STEPS:CTC_WEIGHT`` (one value of ``--ocr_restarts``)."""
+    steps, _, beta = value.partition(":")
+    try:
+        return int(steps), (float(beta) if beta else None)
+    except ValueError:
+        message = f"{value!r}: expected STEPS or STEPS:CTC_WEIGHT, e.g. 2400 or 2000:0.3"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def score_stage(value: str) -> str:
+    if value in ("anytext2", "focus", "anneal", "ocr") or dm.is_restart_stage(value):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: not a loop stage (anytext2, focus, anneal, ocr, ocr2, ocr3, ...)")
 
 
 def main(argv=None) -> int:
@@ -63,11 +81,17 @@ def main(argv=None) -> int:
         "--ocr_steps", type=int, default=dm.OCR_STEPS, help="loop steps with the OCR losses on (0: skip the stage)"
     )
     p.add_argument(
-        "--ocr2_steps",
-        type=int,
+        "--ocr_restarts",
+        nargs="+",
+        type=restart,
         default=None,
-        help="loop steps of the ocr stage run again from its result, learning rate restarted (0: skip the stage; "
-        f"default {dm.OCR2_STEPS}, or 0 with --ocr_steps 0)",
+        metavar="STEPS[:CTC_WEIGHT]",
+        help="warm restarts of the ocr stage (stages ocr2, ocr3, ...), each run on from the one before with the "
+        "learning rate restarted: loop steps, and a CTC weight when not --ocr_loss_beta (0: none; default "
+        f"{' '.join(dm.restarts_value(dm.OCR_RESTARTS))}, or none with --ocr_steps 0)",
+    )
+    p.add_argument(
+        "--ocr2_steps", type=int, default=None, help="older spelling of --ocr_restarts STEPS (cards of 2026-11-27)"
     )
     p.add_argument(
         "--ocr_loss_alpha", type=float, default=dm.OCR_LOSS_WEIGHT, help="ocr stage: weight of the OCR perceptual loss"
@@ -103,18 +127,23 @@ def main(argv=None) -> int:
         "--score_anytext2",
         nargs="?",
         const="anytext2",
-        choices=("anytext2", "focus", "anneal", "ocr", "ocr2"),
-        help="only generate and read the held-out words with the latest checkpoint of that loop stage "
-        "(default anytext2), then exit",
+        type=score_stage,
+        help="only generate and read the held-out words with the latest checkpoint of that loop stage: anytext2 "
+        "(default), focus, anneal, ocr or a restart of it (ocr2, ocr3, ...), then exit",
     )
     p.add_argument("--score_limit", type=int, default=None, help="first N held-out words for --score_anytext2")
     p.add_argument("--score_sampler_steps", type=int, default=20, help="DDIM steps for --score_anytext2")
     p.add_argument("--score_guidance", type=float, default=dm.EVAL_GUIDANCE, help="CFG scale for --score_anytext2")
     args = p.parse_args(argv)
-    if args.ocr2_steps is None:  # a skipped ocr stage skips ocr2 (as cards written before ocr2 say: --ocr_steps 0)
-        args.ocr2_steps = dm.OCR2_STEPS if args.ocr_steps > 0 else 0
-    if args.ocr2_steps > 0 and args.ocr_steps <= 0:
-        p.error("--ocr2_steps runs on from the ocr stage: it needs --ocr_steps > 0")
+    if args.ocr2_steps is not None:
+        if args.ocr_restarts is not None:
+            p.error("--ocr2_steps is the older spelling of --ocr_restarts: give one of them")
+        args.ocr_restarts = [(args.ocr2_steps, None)]
+    if args.ocr_restarts is None:  # a skipped ocr stage skips its restarts (cards from before them: --ocr_steps 0)
+        args.ocr_restarts = dm.OCR_RESTARTS if args.ocr_steps > 0 else ()
+    args.ocr_restarts = [(steps, beta) for steps, beta in args.ocr_restarts if steps > 0]
+    if args.ocr_restarts and args.ocr_steps <= 0:
+        p.error("--ocr_restarts run on from the ocr stage: they need --ocr_steps > 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     last = STAGES.index(args.until)
 
@@ -159,8 +188,10 @@ def main(argv=None) -> int:
             args.work_dir, data, focus_data, trained, steps=args.ocr_steps, loss_alpha=args.ocr_loss_alpha,
             loss_beta=args.ocr_loss_beta, step_weight=args.ocr_step_weight,
         )  # fmt: skip
-    if last >= STAGES.index("ocr2") and args.ocr2_steps > 0:
-        trained = dm.stage_ocr2(args.work_dir, data, focus_data, trained, steps=args.ocr2_steps)
+    if last >= STAGES.index("ocr_restarts"):
+        ocr = trained
+        for number, (steps, loss_beta) in enumerate(args.ocr_restarts, start=1):
+            trained = dm.stage_ocr_restart(args.work_dir, data, focus_data, ocr, trained, number, steps, loss_beta)
     if last >= STAGES.index("eval"):
         print(json.dumps(dm.stage_eval(args.work_dir, data, trained["pipeline"]), ensure_ascii=False))
     if last >= STAGES.index("export"):

@@ -199,15 +199,23 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     tuned_vae = AutoencoderKL.from_pretrained(os.path.join(work, "vae_decoder", "vae")).state_dict()
     assert all(torch.equal(source_vae[n], tuned_vae[n]) for n in tuned_vae)  # the OCR losses read the tuned decoder
     assert dm.score_anytext2_checkpoint(work, data, steps=2, limit=1, stage="ocr")["checkpoint"] == "checkpoint-1"
-    # The ocr2 stage: the ocr stage's losses again, on from its pipeline, the learning rate restarted.
+    # The ocr stage's restarts: its losses again, each on from the stage before, the learning rate restarted.
     ocr_record = trained
-    trained = dm.stage_ocr2(work, data, focus_data, ocr_record, steps=1, extra_args=one_quick_step)
+    trained = dm.stage_ocr_restart(work, data, focus_data, ocr_record, ocr_record, 1, 1, extra_args=one_quick_step)
     assert f"--pretrained_model_name_or_path {ocr_record['pipeline']}" in trained["command"]
     out_dirs = (f"--output_dir {os.path.join(work, 'ocr')} ", f"--output_dir {os.path.join(work, 'ocr2')} ")
     same_options = ocr_record["command"].replace(*out_dirs).replace(os.path.join(work, "ocr_source"), work + "/ocr")
     assert trained["command"] == same_options  # the ocr stage's command from its pipeline into its own folder
     assert trained["pipeline"] == os.path.join(work, "ocr2") and trained["step_weight"] is dm.OCR_STEP_WEIGHT
     assert dm.score_anytext2_checkpoint(work, data, steps=2, limit=1, stage="ocr2")["checkpoint"] == "checkpoint-1"
+    first = trained  # the second restart goes on from the first, with a CTC weight of its own
+    trained = dm.stage_ocr_restart(work, data, focus_data, ocr_record, first, 2, 1, 0.3, extra_args=one_quick_step)
+    assert f"--pretrained_model_name_or_path {first['pipeline']}" in trained["command"]
+    assert f"--output_dir {os.path.join(work, 'ocr3')} " in trained["command"]
+    assert f"--loss_alpha {weight} --loss_beta 0.3 --no-with_step_weight" in trained["command"]
+    assert (trained["stage"], trained["loss_beta"], trained["pipeline"]) == ("ocr3", 0.3, os.path.join(work, "ocr3"))
+    assert dm.score_anytext2_checkpoint(work, data, steps=2, limit=1, stage="ocr3")["checkpoint"] == "checkpoint-1"
+    assert dm._stage_source(work, "ocr3") == first["pipeline"]  # its checkpoints complete the first restart's
     scored = dm.stage_eval(work, data, trained["pipeline"], steps=2, limit=2)
     assert scored["ocr"]["lines"] == 2 and scored["vae"] == "vae_decoder"
     followed = dm.score_anytext2_checkpoint(work, data, steps=2, limit=2)  # how a running stage is followed
@@ -239,7 +247,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in json.load(f)] == [
             "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "ocr", "ocr2",
-            "eval", "export",
+            "ocr3", "eval", "export",
         ]  # fmt: skip
     shipped = AutoencoderKL.from_pretrained(os.path.join(out, "vae")).state_dict()
     tuned = AutoencoderKL.from_pretrained(os.path.join(work, "vae_decoder", "vae")).state_dict()
@@ -247,7 +255,7 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     assert AutoencoderKL.from_pretrained(os.path.join(out, "vae")).config.scaling_factor == init["vae_scaling_factor"]
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "anytext2-train --pretrained_model_name_or_path" in card and '"seed": 0' in card
-    assert "--anneal_steps 2 --ocr_steps 1 --ocr2_steps 1 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.03" in card
+    assert "--anneal_steps 2 --ocr_steps 1 --ocr_restarts 1 1:0.3 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.03" in card
     assert "--ocr_loss_beta 0.03 --no-ocr_step_weight\n" in card
     with open(os.path.join(work, "recipe.json"), encoding="utf-8") as f:
         assert [r["stage"] for r in dm.records_from_card(card)] == [r["stage"] for r in json.load(f)]
@@ -268,8 +276,8 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
             f.write(text)
         return folder
 
-    annealed_out = export_without(["ocr", "ocr2"])
-    with pytest.raises(ValueError, match=r"records the \['ocr2'\] stage"):  # it would be run again on top of it
+    annealed_out = export_without(["ocr", "ocr2", "ocr3"])
+    with pytest.raises(ValueError, match=r"records the \['ocr2', 'ocr3'\] stage"):  # it would be run again on top of it
         dm.stage_start_from(str(tmp_path / "work_refused"), out)
     work2 = str(tmp_path / "work2")
     data2 = dm.stage_data(work2, n_train=6, n_heldout=4)
@@ -289,20 +297,21 @@ def test_every_recipe_stage_runs_on_a_few_steps(tmp_path):
     dm.stage_export(work2, went_on["pipeline"], out2)
     card2 = open(os.path.join(out2, "README.md"), encoding="utf-8").read()
     assert '"taken_from": "<work_dir>/start_from"' in card2 and "`--start_from`" in card2
-    assert "--ocr_steps 1 --ocr2_steps 0 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.3 --no-ocr_step_weight\n" in card2
+    assert "--ocr_steps 1 --ocr_restarts 0 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.3 --no-ocr_step_weight\n" in card2
     assert work2 not in card2  # (the export's own out_dir is outside it)
     with pytest.raises(ValueError, match="no record of the stages"):
         dm.stage_start_from(str(tmp_path / "work3"), str(tmp_path / "work2" / "ocr"))
-    # From an export whose last loop stage is ocr: that stage is taken too, and ocr2 goes on from the copy with
-    # the ocr record's loss settings.
+    # From an export whose last loop stage is ocr: that stage is taken too, and its first restart goes on from the
+    # copy with the ocr record's loss settings.
     work4 = str(tmp_path / "work4")
     data4 = dm.stage_data(work4, n_train=6, n_heldout=4)
-    taken = dm.stage_start_from(work4, export_without(["ocr2"]))
+    taken = dm.stage_start_from(work4, export_without(["ocr2", "ocr3"]))
     copy = os.path.join(work4, "start_from")
     assert taken["stage"] == "ocr" and taken["pipeline"] == copy and taken["taken_from"] == copy
     assert dm.stage_ocr(work4, data4, None, None)["pipeline"] == copy  # taken: not run again
     assert dm.stage_anneal(work4, None, None, None)["pipeline"] != copy  # the copy is the ocr stage's result
-    went_on = dm.stage_ocr2(work4, data4, dm.stage_focus_data(work4, n_train=4), taken, 1, one_quick_step)
+    focus_data4 = dm.stage_focus_data(work4, n_train=4)
+    went_on = dm.stage_ocr_restart(work4, data4, focus_data4, taken, taken, 1, 1, extra_args=one_quick_step)
     assert (
         f"--pretrained_model_name_or_path {copy}" in went_on["command"]
         and "--no-with_step_weight" in went_on["command"]
@@ -439,23 +448,38 @@ def test_ocr_stage_flags_of_a_record_written_before_the_options():
     assert dm.ocr_stage_flags({"steps": 1500}) == ["--ocr_loss_alpha 0.03", "--ocr_loss_beta 0.03"]
     record = {"steps": 9, "loss_alpha": 0.1, "loss_beta": 0.3, "step_weight": False}
     assert dm.ocr_stage_flags(record) == ["--ocr_loss_alpha 0.1", "--ocr_loss_beta 0.3", "--no-ocr_step_weight"]
-    # the ocr2 stage runs again with the settings of the ocr record it goes on from (a card names them once)
+    # a restart runs again with the settings of the ocr record it goes on from (a card names them once) ...
     assert dm.ocr_loss_settings(record) == {"loss_alpha": 0.1, "loss_beta": 0.3, "step_weight": False}
     assert dm.ocr_loss_settings({"steps": 1500}) == {"loss_alpha": 0.03, "loss_beta": 0.03, "step_weight": True}
+    # ... unless it names its own CTC weight: the card's --ocr_restarts names it then
+    restarts = [dict(stage="ocr2", steps=2400, loss_beta=0.3), dict(stage="ocr3", steps=2000, loss_beta=1.0)]
+    assert dm.restarts_option(record, restarts) == "2400 2000:1.0" and dm.restarts_option(record, []) == "0"
+    assert [dm.restart_stage(n) for n in (1, 2, 11)] == ["ocr2", "ocr3", "ocr12"]
+    assert [dm.is_restart_stage(s) for s in ("ocr", "ocr1", "ocr2", "ocr12", "ocr_source", "ocr02")] == [
+        False, False, True, True, False, False,
+    ]  # fmt: skip
 
 
-def test_recipe_script_refuses_an_ocr2_stage_without_an_ocr_stage(tmp_path):
-    """ocr2 goes on from the ocr stage's pipeline: asked for without it, the script stops before any work; left
-    to its default, it is skipped with the ocr stage."""
+def test_recipe_script_refuses_ocr_restarts_without_an_ocr_stage(tmp_path):
+    """The restarts go on from the ocr stage's pipeline: asked for without it (in either spelling), the script
+    stops before any work; left to their default, they are skipped with the ocr stage."""
     import subprocess
     import sys
 
     script = os.path.join(os.path.dirname(__file__), "..", "examples", "make_demo_model.py")
-    args = ["--work_dir", str(tmp_path / "work"), "--ocr_steps", "0", "--ocr2_steps", "5"]
-    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "--ocr2_steps runs on from the ocr stage" in done.stderr
+
+    def run(*options):
+        args = [sys.executable, script, "--work_dir", str(tmp_path / "work"), *options]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+    for options in (["--ocr_restarts", "5", "5:0.3"], ["--ocr2_steps", "5"]):
+        done = run("--ocr_steps", "0", *options)
+        assert done.returncode == 2 and "--ocr_restarts run on from the ocr stage" in done.stderr, options
+    done = run("--ocr_restarts", "5:x")
+    assert done.returncode == 2 and "'5:x': expected STEPS or STEPS:CTC_WEIGHT" in done.stderr
+    done = run("--ocr_restarts", "5", "--ocr2_steps", "5")
+    assert done.returncode == 2 and "give one of them" in done.stderr
     assert not os.path.exists(tmp_path / "work")
-    # --ocr_steps 0 alone (the reproduce line of a card from before ocr2) skips both: no error
-    args = ["--work_dir", str(tmp_path / "work"), "--ocr_steps", "0", "--until", "data", "--n_train", "2"]
-    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
+    # --ocr_steps 0 alone (the reproduce line of a card from before the restarts) skips them too: no error
+    done = run("--ocr_steps", "0", "--until", "data", "--n_train", "2")
     assert done.returncode == 0, done.stderr[-2000:]

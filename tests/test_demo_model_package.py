@@ -131,7 +131,7 @@ def test_export_drops_source_paths_and_the_card_names_no_work_folder(tmp_path):
     assert str(tmp_path) not in card and "<work_dir>/data/train.json" in card and "<package>/assets/demo_model" in card
     assert '"<work_dir>/vae/vae"' in card and "--validation_data <work_dir>/data/held.json --seed" in card
     # how to make it again (a card without the ocr stages says to skip them: the script's defaults may run them)
-    assert "make_demo_model.py --work_dir demo-train --focus_steps 9 --ocr_steps 0 --ocr2_steps 0\n" in card
+    assert "make_demo_model.py --work_dir demo-train --focus_steps 9 --ocr_steps 0 --ocr_restarts 0\n" in card
     # a run fine-tuned from the exported folder (--demo) takes the card's licence: the code's, not SD1.5's
     from anytext2_diffusers.training.hub import CODE_LICENSE, card_license
 

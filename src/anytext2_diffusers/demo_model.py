@@ -42,9 +42,10 @@ logger = logging.getLogger(__name__)
 
 # The recipe's stage folders, in order (``examples/make_demo_model.py --until`` takes these names).
 STAGES = (
-    "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "ocr", "ocr2",
-    "eval", "export",
+    "data", "vae", "unet", "init", "anytext2", "focus_data", "focus", "anneal", "vae_decoder", "ocr",
+    "ocr_restarts", "eval", "export",
 )  # fmt: skip
+# ``ocr_restarts`` stands for the warm restarts of the ocr stage, each in its own folder: ocr2, ocr3, ...
 RESOLUTION = 128
 # The recipe VAE's latent channels: at 128 px a 4-channel latent (SD's) cannot carry the letters (even the
 # best linear 8 x 8-patch code of 4 channels reads no held-out Latin word; 16 channels read 0.63 of them,
@@ -78,9 +79,10 @@ OCR_STEPS, OCR_LR, OCR_LOSS_WEIGHT = 2000, 1e-4, 0.03
 # factor is 0.04 at t = 800, where generation settles the strokes (docs/demo_model.md, "The ocr stage's loss
 # settings"). The loop's default keeps the reference's factor.
 OCR_STEP_WEIGHT = False
-# The ocr2 stage: loop steps of the ocr stage run again from its own result with the learning rate restarted
-# (0: skip). 2400: the shipped model's, a session's run on 2 cores (docs/demo_model.md, "The ocr2 stage").
-OCR2_STEPS = 2400
+# The warm restarts of the ocr stage (stages ocr2, ocr3, ...): each runs the ocr stage's loop again from the one
+# before with the learning rate restarted, for (loop steps, CTC weight; None: the ocr stage's). 2400 at the ocr
+# stage's weight: the shipped model's, a session's run on 2 cores (docs/demo_model.md, "The ocr2 stage").
+OCR_RESTARTS = ((2400, None),)
 # Classifier-free guidance scale of the recipe's evaluation (eval stage, learning check, checkpoint scores). Not
 # SD's 7.5: AnyText2's loop never drops the caption, so the unconditional branch (negative prompt, empty text
 # caption) is one the model was not trained on, and a large scale pushes the image away from it. On the focus
@@ -504,16 +506,42 @@ def stage_ocr(
     )
 
 
-def stage_ocr2(work: str, data: dict, focus_data: dict, ocr: dict, steps: int, extra_args=()) -> dict:
-    """The ocr stage run again from its own pipeline (``ocr``, its record) with its loss settings and the
-    learning rate restarted at ``OCR_LR``, falling to 0 over ``steps`` (a fresh optimizer): a warm restart, so
-    the OCR training goes on past a stage that ended at learning rate 0 without rerunning it (a stage fits a
-    session; docs/demo_model.md, "The ocr2 stage")."""
-    done = _done(work, "ocr2")
+def restart_stage(number: int) -> str:
+    """The folder (and record) name of the ocr stage's ``number``-th warm restart, from 1: ocr2, ocr3, ..."""
+    return f"ocr{number + 1}"
+
+
+_RESTART_STAGE = re.compile(r"ocr(?:[2-9]|[1-9]\d+)")
+
+
+def is_restart_stage(stage: str) -> bool:
+    return _RESTART_STAGE.fullmatch(stage) is not None
+
+
+def stage_ocr_restart(
+    work: str,
+    data: dict,
+    focus_data: dict,
+    ocr: dict,
+    previous: dict,
+    number: int,
+    steps: int,
+    loss_beta: float | None = None,
+    extra_args=(),
+) -> dict:
+    """The ocr stage's ``number``-th warm restart (stage ``restart_stage(number)``): its loop run again from the
+    ``previous`` stage's pipeline (the ocr stage's or the last restart's) with the ocr record's loss settings,
+    the CTC weight replaced by ``loss_beta`` when given, and the learning rate restarted at ``OCR_LR``, falling
+    to 0 over ``steps`` (a fresh optimizer). The OCR training goes on past a stage that ended at learning rate 0
+    without rerunning it, one session's run at a time (docs/demo_model.md, "The ocr2 stage")."""
+    stage = restart_stage(number)
+    done = _done(work, stage)
     if done:
         return done
     settings = ocr_loss_settings(ocr)
-    return _ocr_losses_stage(work, "ocr2", data, focus_data, ocr["pipeline"], steps, extra_args, **settings)
+    if loss_beta is not None:
+        settings["loss_beta"] = loss_beta
+    return _ocr_losses_stage(work, stage, data, focus_data, previous["pipeline"], steps, extra_args, **settings)
 
 
 def _ocr_losses_stage(work, stage, data, focus_data, source, steps, extra_args, loss_alpha, loss_beta, step_weight):
@@ -538,12 +566,11 @@ def load_recipe_pipeline(folder: str):
 
 
 # The stages an exported model stands for (``stage_start_from``): every one its card records up to vae_decoder,
-# and the ocr stage when it records one (the recipe goes on with ocr2).
+# and the ocr stage when it records one (the recipe goes on with its restarts).
 _TAKEN_STAGES = ("vae", "unet", "init", "anytext2", "focus", "anneal", "vae_decoder")
 _TAKEN_IF_RECORDED = ("ocr",)
-# Training stages after those: a card that records one is refused (the recipe would run it again on top of the
-# trained weights, and the new card would report one run of it).
-_LATER_TRAINING_STAGES = ("ocr2",)
+# A card that records a training stage after those (a restart of the ocr stage, ``is_restart_stage``) is refused:
+# the recipe would run it again on top of the trained weights, and the new card would report one run of it.
 
 
 def records_from_card(card: str) -> list[dict]:
@@ -575,7 +602,7 @@ def stage_start_from(work: str, exported: str) -> dict:
         missing = [stage for stage in _TAKEN_STAGES if stage not in records]
         if missing:
             raise ValueError(f"{card_path}: no record of the stages {missing}; it is not a complete demo model")
-        later = [stage for stage in _LATER_TRAINING_STAGES if stage in records]
+        later = [stage for stage in records if is_restart_stage(stage)]
         if later:
             raise ValueError(
                 f"{card_path}: the card records the {later} stage(s), which the recipe would run again on top of "
@@ -712,9 +739,11 @@ def model_card(work: str) -> str:
     if "focus" in steps:  # the loop stages' lengths that differ from the script's caps and defaults
         args = [f"--{stage}_steps {steps[stage]}" for stage in ("anytext2", "focus", "anneal") if stage in steps]
         # The ocr stages are named even when skipped (0), so a later change of their defaults keeps the line true.
-        args += [f"--{stage}_steps {steps.get(stage, 0)}" for stage in ("ocr", "ocr2")]
-        if "ocr" in steps:
-            args += ocr_stage_flags(next(r for r in recipe if r["stage"] == "ocr"))
+        ocr = next((r for r in recipe if r["stage"] == "ocr"), None)
+        restarts = [r for r in recipe if is_restart_stage(r["stage"])]
+        args += [f"--ocr_steps {steps.get('ocr', 0)}", f"--ocr_restarts {restarts_option(ocr, restarts)}"]
+        if ocr:
+            args += ocr_stage_flags(ocr)
         lines += ["Reproduce (CPU; every stage resumes when run again):", "", "```bash"]
         lines += [f"python examples/make_demo_model.py --work_dir demo-train {' '.join(args)}", "```", ""]
     if any("taken_from" in r for r in recipe):
@@ -741,16 +770,32 @@ def ocr_loss_settings(record: dict) -> dict:
     return {k: record.get(k, v) for k, v in _OCR_SETTINGS_BEFORE_OPTIONS.items()}
 
 
+def restarts_option(ocr: dict | None, restarts: list[dict]) -> str:
+    """The value of ``make_demo_model.py --ocr_restarts`` that reruns the restart records ``restarts`` (in order)
+    of the ocr stage ``ocr``: ``STEPS`` each, ``STEPS:CTC_WEIGHT`` where the weight is not the ocr stage's;
+    ``0`` for none."""
+    beta = ocr_loss_settings(ocr)["loss_beta"] if ocr else None
+    values = restarts_value([(r["steps"], None if r["loss_beta"] == beta else r["loss_beta"]) for r in restarts])
+    return " ".join(values) or "0"
+
+
+def restarts_value(restarts) -> list[str]:
+    """``--ocr_restarts`` values of (steps, CTC weight or None) pairs."""
+    return [str(steps) + ("" if beta is None else f":{beta}") for steps, beta in restarts]
+
+
 def ocr_stage_flags(record: dict) -> list[str]:
-    """``make_demo_model.py`` options that rerun the ocr stage ``record`` describes (its loss settings; the
-    ocr2 stage takes the same)."""
+    """``make_demo_model.py`` options that rerun the ocr stage ``record`` describes (its loss settings; its
+    restarts take the same, unless they name their own CTC weight)."""
     settings = ocr_loss_settings(record)
     flags = [f"--ocr_loss_alpha {settings['loss_alpha']}", f"--ocr_loss_beta {settings['loss_beta']}"]
     return flags + ([] if settings["step_weight"] else ["--no-ocr_step_weight"])
 
 
 # An absolute path into a stage folder: a JSON string of its own, or a word of a recorded command line.
-_STAGE_PATH = re.compile(r'(?<=["\s])/[^"\s]*?/(' + "|".join(STAGES) + r')((?:/[^"\s]*)?)(?=["\s])')
+_STAGE_PATH = re.compile(
+    r'(?<=["\s])/[^"\s]*?/(' + "|".join(STAGES + (_RESTART_STAGE.pattern,)) + r')((?:/[^"\s]*)?)(?=["\s])'
+)
 
 
 def portable_paths(text: str) -> str:
@@ -921,9 +966,11 @@ def score_anytext2_checkpoint(
 
 def _stage_source(work: str, stage: str) -> str:
     """The pipeline a loop stage's checkpoints complete (their four trained parts swapped in): the init stage's,
-    whose VAE ``use_final_decoder`` then replaces; for ``ocr`` and ``ocr2``, the folder that stage started from."""
-    if stage == "ocr2":
-        return _done(work, "ocr")["pipeline"]
+    whose VAE ``use_final_decoder`` then replaces; for ``ocr`` and its restarts, the folder that stage started
+    from (a restart's: the stage before it)."""
+    if is_restart_stage(stage):
+        number = int(stage[len("ocr") :]) - 1
+        return _done(work, "ocr" if number == 1 else restart_stage(number - 1))["pipeline"]
     if stage != "ocr":
         return _done(work, "init")["pipeline"]
     source = os.path.join(work, "ocr_source")
