@@ -661,7 +661,6 @@ def generate_and_score(
 ) -> dict:
     """``anytext2-eval generate`` + ``anytext2-eval ocr`` on one pipeline object, at the demo resolution."""
     from .evaluation.generate import GenerateConfig, generate_benchmark
-    from .evaluation.ocr_eval import evaluate_ocr
 
     config = GenerateConfig(
         benchmark=benchmark_json, output_dir=out_dir, num_samples=1, resolution=RESOLUTION,
@@ -669,10 +668,17 @@ def generate_and_score(
     )  # fmt: skip
     with torch.no_grad():
         generate_benchmark(pipe, config)
+    return read_back(out_dir, benchmark_json, reader, limit)
+
+
+def read_back(images_dir: str, benchmark_json: str, reader=None, limit: int | None = None) -> dict:
+    """``anytext2-eval ocr`` of generated held-out words (the first ``limit``) with ``reader`` (default: the
+    evaluation's PP-OCRv3): Sen.ACC / NED, all lines and per language."""
     from .evaluation.benchmark import load_benchmark
+    from .evaluation.ocr_eval import evaluate_ocr
 
     items = load_benchmark(benchmark_json)[:limit]
-    summary, _ = evaluate_ocr(out_dir, items, reader or ocr_reader(), num_samples=1)
+    summary, _ = evaluate_ocr(images_dir, items, reader or ocr_reader(), num_samples=1)
     return _short(summary)
 
 
