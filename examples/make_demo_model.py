@@ -107,8 +107,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--start_from",
         default=None,
-        help="an exported demo model folder whose last loop stage is anneal, taken as the result of every stage up "
-        "to vae_decoder (its card's records are copied); the recipe goes on from it",
+        help="an exported demo model folder whose last loop stage is anneal or ocr (not a restart of it), taken as "
+        "the result of every stage up to that one (its card's records are copied); the recipe goes on from it",
     )
     p.add_argument(
         "--export_dir",

@@ -483,3 +483,17 @@ def test_recipe_script_refuses_ocr_restarts_without_an_ocr_stage(tmp_path):
     # --ocr_steps 0 alone (the reproduce line of a card from before the restarts) skips them too: no error
     done = run("--ocr_steps", "0", "--until", "data", "--n_train", "2")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_card_names_the_restarts_in_stage_order(tmp_path):
+    """recipe.json keeps a stage's record where it last finished, so a restart finished again comes after a later
+    one: the card's --ocr_restarts still lists them ocr2, ocr3, ..."""
+    recipe = [
+        dict(stage="focus", steps=9),
+        dict(stage="ocr", steps=5, loss_alpha=0.03, loss_beta=0.03, step_weight=False),
+        dict(stage="ocr3", steps=8, loss_alpha=0.03, loss_beta=0.3, step_weight=False),
+        dict(stage="ocr2", steps=7, loss_alpha=0.03, loss_beta=0.03, step_weight=False),
+    ]
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    card = dm.model_card(str(tmp_path))
+    assert "--focus_steps 9 --ocr_steps 5 --ocr_restarts 7 8:0.3 --ocr_loss_alpha 0.03 --ocr_loss_beta 0.03" in card

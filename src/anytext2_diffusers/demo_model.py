@@ -747,7 +747,7 @@ def model_card(work: str) -> str:
         args = [f"--{stage}_steps {steps[stage]}" for stage in ("anytext2", "focus", "anneal") if stage in steps]
         # The ocr stages are named even when skipped (0), so a later change of their defaults keeps the line true.
         ocr = next((r for r in recipe if r["stage"] == "ocr"), None)
-        restarts = [r for r in recipe if is_restart_stage(r["stage"])]
+        restarts = sorted((r for r in recipe if is_restart_stage(r["stage"])), key=lambda r: int(r["stage"][3:]))
         args += [f"--ocr_steps {steps.get('ocr', 0)}", f"--ocr_restarts {restarts_option(ocr, restarts)}"]
         if ocr:
             args += ocr_stage_flags(ocr)
