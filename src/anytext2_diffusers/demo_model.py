@@ -519,6 +519,13 @@ def is_restart_stage(stage: str) -> bool:
     return _RESTART_STAGE.fullmatch(stage) is not None
 
 
+def restart_number(stage: str) -> int:
+    """The inverse of ``restart_stage``: ocr2 -> 1, ocr3 -> 2, ..."""
+    if not is_restart_stage(stage):
+        raise ValueError(f"{stage!r} is not a restart stage of the ocr stage (ocr2, ocr3, ...)")
+    return int(stage[len("ocr") :]) - 1
+
+
 def stage_ocr_restart(
     work: str,
     data: dict,
@@ -747,7 +754,7 @@ def model_card(work: str) -> str:
         args = [f"--{stage}_steps {steps[stage]}" for stage in ("anytext2", "focus", "anneal") if stage in steps]
         # The ocr stages are named even when skipped (0), so a later change of their defaults keeps the line true.
         ocr = next((r for r in recipe if r["stage"] == "ocr"), None)
-        restarts = sorted((r for r in recipe if is_restart_stage(r["stage"])), key=lambda r: int(r["stage"][3:]))
+        restarts = sorted((r for r in recipe if is_restart_stage(r["stage"])), key=lambda r: restart_number(r["stage"]))
         args += [f"--ocr_steps {steps.get('ocr', 0)}", f"--ocr_restarts {restarts_option(ocr, restarts)}"]
         if ocr:
             args += ocr_stage_flags(ocr)
@@ -976,7 +983,7 @@ def _stage_source(work: str, stage: str) -> str:
     whose VAE ``use_final_decoder`` then replaces; for ``ocr`` and its restarts, the folder that stage started
     from (a restart's: the stage before it)."""
     if is_restart_stage(stage):
-        number = int(stage[len("ocr") :]) - 1
+        number = restart_number(stage)
         return _done(work, "ocr" if number == 1 else restart_stage(number - 1))["pipeline"]
     if stage != "ocr":
         return _done(work, "init")["pipeline"]
